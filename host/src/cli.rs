@@ -1,0 +1,189 @@
+//! The `yoi-host` command line.
+//!
+//! Exit codes: 0 success; 1 the tool call failed (the error is printed as
+//! JSON on stdout); 2 setup error (bad arguments, bad manifest, missing
+//! directory), printed as `yoi-host: ...` on stderr. A closed stdout (broken
+//! pipe) counts as success.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+
+use crate::home::Home;
+use crate::manifest::LoadedManifest;
+use crate::plugin::{Allocator, HostOptions, PluginHost, PodContext, ToolError, ToolErrorKind};
+use crate::pod_state::PodState;
+
+/// Hosts LLM agent pods whose tools run as WebAssembly components.
+#[derive(Parser, Debug)]
+#[command(name = "yoi-host", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Inspect the tool plugins.
+    #[command(subcommand)]
+    Plugins(PluginsCommand),
+    /// Run tools directly, without a model.
+    #[command(subcommand)]
+    Tool(ToolCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum PluginsCommand {
+    /// List the plugins with their tools and input schemas.
+    List {
+        #[command(flatten)]
+        plugins: PluginDirs,
+        /// Print one JSON document instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum ToolCommand {
+    /// Run exactly one tool call within a manifest's scope and print the
+    /// result as one JSON line.
+    Call {
+        #[command(flatten)]
+        plugins: PluginDirs,
+        /// The pod manifest whose scope and limits apply.
+        #[arg(long)]
+        manifest: PathBuf,
+        /// The tool's name.
+        tool: String,
+        /// The tool's input, a JSON object.
+        input: String,
+    },
+}
+
+#[derive(Args, Debug)]
+struct PluginDirs {
+    /// A directory of third-party plugins (`*.wasm`), in addition to the
+    /// builtin ones. May be given more than once.
+    #[arg(long = "plugins", value_name = "DIR")]
+    dirs: Vec<PathBuf>,
+}
+
+/// Parses the command line, runs it and returns the exit code.
+pub fn main() -> ExitCode {
+    init_logging();
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => return setup_error(&anyhow::anyhow!("cannot start the async runtime: {e}")),
+    };
+    let result = runtime.block_on(run(cli));
+    match result {
+        Ok(code) => code,
+        Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
+        Err(e) => setup_error(&e),
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("YOI_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .try_init();
+}
+
+fn setup_error(e: &anyhow::Error) -> ExitCode {
+    eprintln!("yoi-host: {e:#}");
+    ExitCode::from(2)
+}
+
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe))
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Plugins(PluginsCommand::List { plugins, json }) => plugins_list(&plugins, json).await,
+        Command::Tool(ToolCommand::Call { plugins, manifest, tool, input }) => {
+            tool_call(&plugins, &manifest, &tool, &input).await
+        }
+    }
+}
+
+async fn plugin_host(dirs: &PluginDirs) -> anyhow::Result<PluginHost> {
+    for dir in &dirs.dirs {
+        if !dir.is_dir() {
+            anyhow::bail!("--plugins {}: not a directory", dir.display());
+        }
+    }
+    let home = Home::from_env()?;
+    let options = HostOptions { cache_dir: home.cache_dir(), allocator: Allocator::Pooling };
+    PluginHost::with_plugins(&options, &dirs.dirs).await
+}
+
+async fn plugins_list(dirs: &PluginDirs, json: bool) -> anyhow::Result<ExitCode> {
+    let host = plugin_host(dirs).await?;
+    let mut out = std::io::stdout().lock();
+    if json {
+        let plugins: Vec<_> = host
+            .plugins()
+            .iter()
+            .map(|p| {
+                serde_json::json!({
+                    "name": p.name(), "origin": p.origin(), "sha256": p.digest(), "tools": p.tools(),
+                })
+            })
+            .collect();
+        let doc = serde_json::json!({"plugins": plugins, "errors": host.load_errors()});
+        writeln!(out, "{}", serde_json::to_string_pretty(&doc)?)?;
+    } else {
+        for p in host.plugins() {
+            writeln!(out, "{} ({}, sha256 {})", p.name(), p.origin(), &p.digest()[..16])?;
+            for tool in p.tools() {
+                writeln!(out, "  {}: {}", tool.name, tool.description)?;
+                writeln!(out, "    input: {}", tool.input_schema)?;
+            }
+        }
+        if host.plugins().is_empty() {
+            writeln!(out, "no plugins loaded")?;
+        }
+        for e in host.load_errors() {
+            eprintln!("yoi-host: plugin not loaded: {e}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn tool_call(dirs: &PluginDirs, manifest: &std::path::Path, tool: &str, input: &str) -> anyhow::Result<ExitCode> {
+    let loaded = LoadedManifest::load(manifest)?;
+    let host = plugin_host(dirs).await?;
+    for e in host.load_errors() {
+        eprintln!("yoi-host: plugin not loaded: {e}");
+    }
+    let pod = Arc::new(PodContext {
+        name: loaded.manifest.pod.name.clone(),
+        working_dir: loaded.working_dir.clone(),
+        scope: loaded.scope.clone(),
+        limits: loaded.call_limits(),
+        state: PodState::new(),
+    });
+    let result = match serde_json::from_str::<serde_json::Value>(input) {
+        Ok(value) if value.is_object() => host.call(&pod, tool, input).await,
+        Ok(_) => Err(ToolError::new(ToolErrorKind::InvalidInput, "the input must be a JSON object")),
+        Err(e) => Err(ToolError::new(ToolErrorKind::InvalidInput, format!("the input is not valid JSON: {e}"))),
+    };
+    let (line, code) = match result {
+        Ok(output) => (serde_json::json!({"ok": output}), ExitCode::SUCCESS),
+        Err(error) => (serde_json::json!({"error": error}), ExitCode::from(1)),
+    };
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{line}").context("cannot write the result")?;
+    Ok(code)
+}

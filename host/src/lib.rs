@@ -1,0 +1,18 @@
+//! yoi-host runs LLM agents ("pods") whose every tool is a WebAssembly
+//! component, confined to the pod's filesystem scope by WASI preopens.
+//!
+//! # Layout
+//! - [`manifest`]: the pod manifest (TOML), parsed and validated.
+//! - [`scope`]: allow/deny rules, path judgement, preopens.
+//! - [`plugin`]: the wasmtime runtime that loads tool plugins and runs calls.
+//! - [`pod_state`]: the per-pod key/value store plugins keep state in.
+//! - [`home`]: where yoi-host keeps its files (`$YOI_HOME`).
+//! - [`cli`]: the `yoi-host` command line.
+#![deny(missing_docs)]
+
+pub mod cli;
+pub mod home;
+pub mod manifest;
+pub mod plugin;
+pub mod pod_state;
+pub mod scope;

@@ -1,0 +1,276 @@
+//! The pod manifest: a TOML file naming the pod, its model, its prompt and
+//! limits, and its filesystem scope. This module owns parsing and validation;
+//! `docs/manifest.md` is the reference for every key.
+//!
+//! Unknown keys and values of the wrong type are errors that name the key
+//! and the line. Relative scope targets and the working directory resolve
+//! against the manifest's own directory.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use serde::{Deserialize, Serialize};
+
+use crate::plugin::CallLimits;
+use crate::scope::{Access, RuleSpec, Scope};
+
+/// A manifest as written.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    /// `[pod]`
+    pub pod: PodSection,
+    /// `[provider]`: optional until the pod runs a model.
+    pub provider: Option<ProviderSection>,
+    /// `[agent]`
+    #[serde(default)]
+    pub agent: AgentSection,
+    /// `[scope]`: `[[scope.allow]]` and `[[scope.deny]]` rules.
+    #[serde(default)]
+    pub scope: ScopeSection,
+    /// `[limits]` for every plugin call.
+    #[serde(default)]
+    pub limits: LimitsSection,
+}
+
+/// `[pod]`
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PodSection {
+    /// The pod's name: 1–64 characters from `A-Z a-z 0-9 _ - .`, not starting with a dot.
+    pub name: String,
+    /// The pod's working directory; defaults to the first allow rule's target.
+    pub working_dir: Option<PathBuf>,
+}
+
+/// `[provider]`
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderSection {
+    /// Which wire format: `anthropic`, `openai`, `gemini` or `scripted`.
+    pub kind: String,
+    /// The model name the provider knows.
+    pub model: String,
+    /// Overrides the provider's default endpoint.
+    pub base_url: Option<String>,
+    /// Environment variable holding the API key.
+    pub api_key_env: Option<String>,
+}
+
+/// `[agent]`
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentSection {
+    /// The byte cap on a tool result's content handed to the model.
+    #[serde(default = "default_tool_output_max_bytes")]
+    pub tool_output_max_bytes: usize,
+}
+
+impl Default for AgentSection {
+    fn default() -> Self {
+        AgentSection { tool_output_max_bytes: default_tool_output_max_bytes() }
+    }
+}
+
+fn default_tool_output_max_bytes() -> usize {
+    16 * 1024
+}
+
+/// `[scope]`
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScopeSection {
+    /// `[[scope.allow]]`
+    #[serde(default)]
+    pub allow: Vec<RuleSpec>,
+    /// `[[scope.deny]]`
+    #[serde(default)]
+    pub deny: Vec<RuleSpec>,
+}
+
+/// `[limits]`
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsSection {
+    /// Wall-clock deadline of one tool call, in milliseconds.
+    #[serde(default = "default_tool_timeout_ms")]
+    pub tool_timeout_ms: u64,
+    /// Linear memory cap of one tool call, in MiB.
+    #[serde(default = "default_tool_memory_mb")]
+    pub tool_memory_mb: u64,
+}
+
+impl Default for LimitsSection {
+    fn default() -> Self {
+        LimitsSection { tool_timeout_ms: default_tool_timeout_ms(), tool_memory_mb: default_tool_memory_mb() }
+    }
+}
+
+fn default_tool_timeout_ms() -> u64 {
+    30_000
+}
+
+fn default_tool_memory_mb() -> u64 {
+    256
+}
+
+/// The largest memory cap a manifest may ask for, in MiB.
+pub const MAX_TOOL_MEMORY_MB: u64 = 4096;
+
+/// A manifest read from disk, validated, with its scope resolved.
+#[derive(Clone, Debug)]
+pub struct LoadedManifest {
+    /// The manifest as written.
+    pub manifest: Manifest,
+    /// Where it was read from.
+    pub path: PathBuf,
+    /// The resolved scope.
+    pub scope: Scope,
+    /// The pod's working directory (canonical).
+    pub working_dir: PathBuf,
+}
+
+impl LoadedManifest {
+    /// Reads, parses and validates the manifest at `path`.
+    pub fn load(path: &Path) -> anyhow::Result<LoadedManifest> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read manifest {}", path.display()))?;
+        let manifest = Manifest::parse(&text).with_context(|| format!("invalid manifest {}", path.display()))?;
+        let path = std::path::absolute(path)?;
+        let base = path.parent().unwrap_or(Path::new("/"));
+        manifest.resolve(base, path.clone()).with_context(|| format!("invalid manifest {}", path.display()))
+    }
+
+    /// The per-call limits for plugin calls made by this pod.
+    pub fn call_limits(&self) -> CallLimits {
+        self.manifest.call_limits()
+    }
+}
+
+impl Manifest {
+    /// Parses TOML text; syntax, unknown keys and wrong types are errors that
+    /// name the key and line.
+    pub fn parse(text: &str) -> anyhow::Result<Manifest> {
+        let manifest: Manifest = toml::from_str(text).map_err(|e| anyhow::anyhow!("{e}"))?;
+        manifest.validate()?;
+        Ok(manifest)
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        validate_pod_name(&self.pod.name).context("key `pod.name`")?;
+        let limits = &self.limits;
+        if limits.tool_timeout_ms == 0 {
+            bail!("key `limits.tool_timeout_ms`: must be at least 1");
+        }
+        if limits.tool_memory_mb == 0 || limits.tool_memory_mb > MAX_TOOL_MEMORY_MB {
+            bail!("key `limits.tool_memory_mb`: must be between 1 and {MAX_TOOL_MEMORY_MB}");
+        }
+        if self.agent.tool_output_max_bytes < 256 {
+            bail!("key `agent.tool_output_max_bytes`: must be at least 256");
+        }
+        Ok(())
+    }
+
+    /// Resolves the scope and working directory against `base`.
+    pub fn resolve(self, base: &Path, path: PathBuf) -> anyhow::Result<LoadedManifest> {
+        let scope = Scope::resolve(&self.scope.allow, &self.scope.deny, base)?;
+        let working_dir = match (&self.pod.working_dir, scope.allow.first()) {
+            (Some(dir), _) => std::fs::canonicalize(base.join(dir))
+                .with_context(|| format!("key `pod.working_dir`: {}", base.join(dir).display()))?,
+            (None, Some(first)) => first.target.clone(),
+            (None, None) => base.to_path_buf(),
+        };
+        if !scope.allow.is_empty() && scope.access(&working_dir) == Access::None {
+            bail!("key `pod.working_dir`: {} lies outside the pod's scope", working_dir.display());
+        }
+        Ok(LoadedManifest { manifest: self, path, scope, working_dir })
+    }
+
+    /// The per-call limits for plugin calls made by this pod.
+    pub fn call_limits(&self) -> CallLimits {
+        CallLimits {
+            timeout: Duration::from_millis(self.limits.tool_timeout_ms),
+            memory_bytes: self.limits.tool_memory_mb * 1024 * 1024,
+            output_max_bytes: self.agent.tool_output_max_bytes,
+        }
+    }
+}
+
+/// Pod names end up in paths and socket names, so they are kept plain.
+pub fn validate_pod_name(name: &str) -> anyhow::Result<()> {
+    let ok_chars = name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+    if name.is_empty() || name.len() > 64 || !ok_chars || name.starts_with('.') {
+        bail!("{name:?} is not a valid pod name (1-64 characters from A-Z a-z 0-9 _ - ., not starting with a dot)");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn minimal_manifest_gets_defaults() {
+        let m = Manifest::parse("[pod]\nname = \"coder\"\n").unwrap();
+        let limits = m.call_limits();
+        assert_eq!(limits.timeout, Duration::from_secs(30));
+        assert_eq!(limits.memory_bytes, 256 << 20);
+        assert_eq!(limits.output_max_bytes, 16 * 1024);
+        assert!(m.provider.is_none());
+    }
+
+    #[test]
+    fn unknown_key_is_named_with_its_line() {
+        let err = Manifest::parse("[pod]\nname = \"coder\"\n\n[limits]\ntool_timeout = 5\n").unwrap_err();
+        let text = format!("{err:#}");
+        assert!(text.contains("tool_timeout") && text.contains("line 5"), "{text}");
+    }
+
+    #[test]
+    fn wrong_type_is_named_with_its_line() {
+        let err = Manifest::parse("[pod]\nname = \"coder\"\n[limits]\ntool_memory_mb = \"lots\"\n").unwrap_err();
+        let text = format!("{err:#}");
+        assert!(text.contains("line 4") && text.contains("tool_memory_mb"), "{text}");
+    }
+
+    #[test]
+    fn bad_values_are_refused() {
+        assert!(Manifest::parse("[pod]\nname = \"../etc\"\n").is_err());
+        assert!(Manifest::parse("[pod]\nname = \"a\"\n[limits]\ntool_memory_mb = 0\n").is_err());
+        assert!(Manifest::parse("[pod]\nname = \"a\"\n[limits]\ntool_timeout_ms = 0\n").is_err());
+    }
+
+    #[test]
+    fn relative_targets_resolve_against_the_manifest_dir() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().canonicalize().unwrap();
+        std::fs::create_dir(dir.join("proj")).unwrap();
+        let path = dir.join("pod.toml");
+        std::fs::write(
+            &path,
+            "[pod]\nname = \"p\"\n[[scope.allow]]\ntarget = \"proj\"\npermission = \"write\"\n\
+             [[scope.deny]]\ntarget = \"proj/.git\"\npermission = \"write\"\n",
+        )
+        .unwrap();
+        let loaded = LoadedManifest::load(&path).unwrap();
+        assert_eq!(loaded.scope.allow[0].target, dir.join("proj"));
+        assert_eq!(loaded.scope.deny[0].target, dir.join("proj/.git"));
+        assert_eq!(loaded.working_dir, dir.join("proj"));
+    }
+
+    #[test]
+    fn working_dir_outside_scope_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().canonicalize().unwrap();
+        std::fs::create_dir(dir.join("proj")).unwrap();
+        std::fs::create_dir(dir.join("other")).unwrap();
+        let path = dir.join("pod.toml");
+        std::fs::write(
+            &path,
+            "[pod]\nname = \"p\"\nworking_dir = \"other\"\n[[scope.allow]]\ntarget = \"proj\"\npermission = \"read\"\n",
+        )
+        .unwrap();
+        let err = LoadedManifest::load(&path).unwrap_err();
+        assert!(format!("{err:#}").contains("outside the pod's scope"), "{err:#}");
+    }
+}

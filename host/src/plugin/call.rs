@@ -1,0 +1,237 @@
+//! One tool call: a fresh [`Store`] and instance, a WASI context built from
+//! the calling pod's scope, the call's limits, and the classification of
+//! whatever went wrong.
+//!
+//! Nothing survives a call: the store, the instance, its memory and the
+//! preopened directory handles are dropped when it returns. A trap poisons
+//! only that instance.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use wasmtime::component::ResourceTable;
+use wasmtime::{ResourceLimiter, Store, UpdateDeadline};
+use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+
+use super::bindings::{Plugin, PluginPre};
+use super::output::Capture;
+use super::result::{ToolError, ToolErrorKind};
+use crate::pod_state::PodState;
+use crate::scope::Scope;
+
+/// Limits of one call, from the pod's manifest.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CallLimits {
+    /// Wall-clock deadline.
+    pub timeout: Duration,
+    /// Linear memory cap, in bytes.
+    pub memory_bytes: u64,
+    /// Cap on the content handed back to the model, in bytes.
+    pub output_max_bytes: usize,
+}
+
+impl Default for CallLimits {
+    fn default() -> Self {
+        CallLimits { timeout: Duration::from_secs(30), memory_bytes: 256 << 20, output_max_bytes: 16 * 1024 }
+    }
+}
+
+/// The calling pod, as a plugin call needs it. The pod layer builds a new one
+/// whenever the pod's effective scope changes.
+#[derive(Clone, Debug)]
+pub struct PodContext {
+    /// The pod's name.
+    pub name: String,
+    /// The pod's working directory (absolute).
+    pub working_dir: PathBuf,
+    /// The pod's current effective scope.
+    pub scope: Scope,
+    /// Limits for each call.
+    pub limits: CallLimits,
+    /// The pod's plugin state store.
+    pub state: PodState,
+}
+
+impl PodContext {
+    /// A context with no scope at all, used to ask plugins to describe
+    /// themselves.
+    pub fn detached() -> PodContext {
+        PodContext {
+            name: String::new(),
+            working_dir: PathBuf::from("/"),
+            scope: Scope::default(),
+            limits: CallLimits { timeout: Duration::from_secs(10), ..CallLimits::default() },
+            state: PodState::new(),
+        }
+    }
+}
+
+/// The data of a call's [`Store`].
+pub struct CallState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    limiter: MemoryCap,
+    /// The plugin's name (namespace in the state store, tag in the log).
+    pub(crate) plugin: Arc<str>,
+    /// The calling pod.
+    pub(crate) pod: Arc<PodContext>,
+}
+
+impl WasiView for CallState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
+}
+
+/// Caps linear memory and remembers whether the cap was hit, so that the
+/// trap a guest raises when an allocation fails is reported as what it is.
+struct MemoryCap {
+    max_bytes: usize,
+    hit: bool,
+}
+
+impl ResourceLimiter for MemoryCap {
+    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        if desired > self.max_bytes {
+            self.hit = true;
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        Ok(desired <= 1_000_000)
+    }
+}
+
+/// Why the epoch callback stopped a call.
+#[derive(Debug)]
+struct DeadlineExceeded;
+
+impl std::fmt::Display for DeadlineExceeded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("deadline exceeded")
+    }
+}
+
+impl std::error::Error for DeadlineExceeded {}
+
+/// Identifies a plugin in error messages: its name and where it came from.
+#[derive(Clone, Debug)]
+pub struct PluginLabel {
+    /// The plugin's name.
+    pub name: Arc<str>,
+    /// The file it was loaded from, or `builtin`.
+    pub origin: String,
+}
+
+impl std::fmt::Display for PluginLabel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "plugin `{}` ({})", self.name, self.origin)
+    }
+}
+
+/// Runs `body` against a fresh instance of `pre` for `pod`, within the pod's
+/// limits, and turns every way it can fail into a [`ToolError`] naming the
+/// plugin. Dropping the returned future cancels the call at once.
+pub async fn with_fresh_instance<R>(
+    pre: &PluginPre<CallState>,
+    label: &PluginLabel,
+    pod: &Arc<PodContext>,
+    body: impl AsyncFnOnce(&mut Store<CallState>, &Plugin) -> wasmtime::Result<R>,
+) -> Result<R, ToolError> {
+    let stdout = Capture::default();
+    let stderr = Capture::default();
+    let wasi = wasi_context(pod, &stdout, &stderr);
+    let limits = pod.limits;
+    let state = CallState {
+        wasi,
+        table: ResourceTable::new(),
+        limiter: MemoryCap { max_bytes: usize::try_from(limits.memory_bytes).unwrap_or(usize::MAX), hit: false },
+        plugin: label.name.clone(),
+        pod: pod.clone(),
+    };
+    let mut store = Store::new(pre.engine(), state);
+    store.limiter(|s| &mut s.limiter);
+    let deadline = Instant::now() + limits.timeout;
+    store.set_epoch_deadline(1);
+    store.epoch_deadline_callback(move |_| {
+        if Instant::now() >= deadline {
+            Err(wasmtime::Error::new(DeadlineExceeded))
+        } else {
+            // Let other tasks on this thread run between ticks.
+            Ok(UpdateDeadline::Yield(1))
+        }
+    });
+
+    let result = match pre.instantiate_async(&mut store).await {
+        Ok(instance) => body(&mut store, &instance).await,
+        Err(e) => {
+            return Err(ToolError::new(ToolErrorKind::HostError, format!("{label}: cannot instantiate: {e:#}")));
+        }
+    };
+    log_output(label, &stdout, &stderr);
+    result.map_err(|e| classify_fault(label, &e, &limits, store.data().limiter.hit, &stderr))
+}
+
+/// The WASI context of a call: the pod's scope as preopens, stdio captured,
+/// and nothing else (no env, args, network or inherited stdio).
+fn wasi_context(pod: &PodContext, stdout: &Capture, stderr: &Capture) -> WasiCtx {
+    let mut builder = WasiCtxBuilder::new();
+    builder
+        .allow_blocking_current_thread(true)
+        .stdout(stdout.clone())
+        .stderr(stderr.clone())
+        .allow_tcp(false)
+        .allow_udp(false)
+        .allow_ip_name_lookup(false);
+    for preopen in pod.scope.preopens() {
+        let perms = if preopen.writable { FsPerms::ReadWrite } else { FsPerms::ReadOnly };
+        let guest_path = preopen.dir.to_string_lossy().into_owned();
+        if let Err(e) = builder.preopened_dir(&preopen.dir, guest_path, perms) {
+            tracing::warn!(pod = %pod.name, dir = %preopen.dir.display(), "scope directory left out of the call: {e:?}");
+        }
+    }
+    builder.build()
+}
+
+fn log_output(label: &PluginLabel, stdout: &Capture, stderr: &Capture) {
+    let plugin = &*label.name;
+    if !stdout.is_empty() {
+        tracing::info!(plugin, "stdout: {}", stdout.text());
+    }
+    if !stderr.is_empty() {
+        tracing::info!(plugin, "stderr: {}", stderr.text());
+    }
+}
+
+/// How much of the plugin's stderr goes into the message of a trap.
+const STDERR_IN_ERROR: usize = 1024;
+
+fn classify_fault(
+    label: &PluginLabel,
+    err: &wasmtime::Error,
+    limits: &CallLimits,
+    hit_memory_cap: bool,
+    stderr: &Capture,
+) -> ToolError {
+    if err.downcast_ref::<DeadlineExceeded>().is_some() {
+        return ToolError::new(
+            ToolErrorKind::Timeout,
+            format!("{label} did not finish within its deadline of {} ms", limits.timeout.as_millis()),
+        );
+    }
+    let stderr_tail = stderr.tail(STDERR_IN_ERROR);
+    let said = if stderr_tail.is_empty() { String::new() } else { format!("; it wrote: {stderr_tail}") };
+    if hit_memory_cap {
+        return ToolError::new(
+            ToolErrorKind::OutOfMemory,
+            format!("{label} ran out of memory: its linear memory cap is {} MiB{said}", limits.memory_bytes >> 20),
+        );
+    }
+    if let Some(trap) = err.downcast_ref::<wasmtime::Trap>() {
+        return ToolError::new(ToolErrorKind::Trap, format!("{label} crashed ({trap}){said}"));
+    }
+    ToolError::new(ToolErrorKind::MalformedOutput, format!("{label} broke the plugin contract: {err:#}"))
+}

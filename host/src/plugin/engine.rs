@@ -1,0 +1,98 @@
+//! The one wasmtime [`Engine`] of a host, its configuration, and the thread
+//! that advances its epoch (the clock behind every call's deadline).
+
+use std::hash::{Hash, Hasher};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, OptLevel, PoolingAllocationConfig};
+
+/// How often the epoch advances. Deadlines are checked, and running guests
+/// yield to the async executor, at this granularity.
+pub const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+/// Largest linear memory any call may have (the manifest's cap is at most this).
+pub const MAX_MEMORY_BYTES: usize = 4 << 30;
+
+/// How instances get their memory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Allocator {
+    /// Pre-reserved slots with copy-on-write memory images: instantiation costs
+    /// microseconds. Caps concurrency at [`POOL_COMPONENT_INSTANCES`] calls.
+    Pooling,
+    /// mmap per instance; no concurrency cap. Used to compare in benchmarks.
+    OnDemand,
+}
+
+/// Most component instances (so, concurrent tool calls) the pool holds.
+pub const POOL_COMPONENT_INSTANCES: u32 = 256;
+
+/// Builds the engine. Every host uses this one configuration, and the
+/// compiled-component cache is keyed by it.
+pub fn build_engine(allocator: Allocator) -> anyhow::Result<Engine> {
+    let mut config = Config::new();
+    config.wasm_component_model(true);
+    config.epoch_interruption(true);
+    config.memory_init_cow(true);
+    config.cranelift_opt_level(OptLevel::Speed);
+    config.parallel_compilation(true);
+    if allocator == Allocator::Pooling {
+        let mut pool = PoolingAllocationConfig::new();
+        // Sized for guests from any toolchain: a Rust component uses 3 core
+        // instances, a Python one about 14, a JavaScript one 4.
+        pool.total_component_instances(POOL_COMPONENT_INSTANCES);
+        pool.total_core_instances(POOL_COMPONENT_INSTANCES * 16);
+        pool.max_core_instances_per_component(64);
+        pool.total_memories(POOL_COMPONENT_INSTANCES * 2);
+        pool.max_memories_per_component(8);
+        pool.max_memories_per_module(1);
+        pool.total_tables(POOL_COMPONENT_INSTANCES * 16);
+        pool.max_tables_per_component(64);
+        pool.table_elements(100_000);
+        pool.total_stacks(POOL_COMPONENT_INSTANCES);
+        pool.max_memory_size(MAX_MEMORY_BYTES);
+        pool.max_core_instance_size(4 << 20);
+        pool.max_component_instance_size(4 << 20);
+        config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    }
+    Engine::new(&config).map_err(|e| anyhow::anyhow!("cannot configure wasmtime: {e:?}"))
+}
+
+/// A stable digest of everything in the engine that a compiled artifact
+/// depends on (wasmtime version, target, settings).
+pub fn engine_fingerprint(engine: &Engine) -> String {
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    engine.precompile_compatibility_hash().hash(&mut hasher);
+    format!("{:016x}", hasher.finish())
+}
+
+/// Advances the engine's epoch every [`EPOCH_TICK`] until dropped.
+pub struct EpochTicker {
+    stop: Option<mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl EpochTicker {
+    /// Starts the ticker thread for `engine`.
+    pub fn start(engine: Engine) -> EpochTicker {
+        let (stop, stopped) = mpsc::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("yoi-epoch".into())
+            .spawn(move || {
+                while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(EPOCH_TICK) {
+                    engine.increment_epoch();
+                }
+            })
+            .expect("cannot start the epoch thread");
+        EpochTicker { stop: Some(stop), thread: Some(thread) }
+    }
+}
+
+impl Drop for EpochTicker {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}

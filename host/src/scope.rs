@@ -1,0 +1,414 @@
+//! A pod's filesystem scope: the allow and deny rules of its manifest,
+//! resolved to canonical paths, the access they give to any path, and the
+//! preopened directories they become for a plugin call.
+//!
+//! This module judges paths and knows nothing of wasmtime; `plugin` turns
+//! [`Scope::preopens`] into WASI preopens and never re-judges a path.
+//!
+//! Semantics (DESIGN §5): write implies read; a recursive rule covers its
+//! target and everything below, a non-recursive one the target and its direct
+//! children. Access to a path is the strongest allow rule covering it, then
+//! capped by every deny rule covering it (`deny read` removes access, `deny
+//! write` caps it at read). Paths are judged in canonical form.
+
+use std::fmt;
+use std::path::{Component, Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// What a rule grants (allow) or takes away (deny).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Permission {
+    /// allow: read only; deny: no access at all.
+    Read,
+    /// allow: read and write; deny: at most read.
+    Write,
+}
+
+/// A rule as written in a manifest: the target may be relative.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleSpec {
+    /// The directory (or, for deny rules, file) the rule is about.
+    pub target: PathBuf,
+    /// What the rule grants or takes away.
+    pub permission: Permission,
+    /// Whether the rule covers the whole tree below the target.
+    #[serde(default = "default_recursive")]
+    pub recursive: bool,
+}
+
+fn default_recursive() -> bool {
+    true
+}
+
+/// A rule with its target resolved to a canonical absolute path.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rule {
+    /// Canonical absolute target.
+    pub target: PathBuf,
+    /// What the rule grants or takes away.
+    pub permission: Permission,
+    /// Whether the rule covers the whole tree below the target.
+    pub recursive: bool,
+}
+
+impl Rule {
+    /// Whether this rule is about `path` (canonical).
+    pub fn covers(&self, path: &Path) -> bool {
+        if self.recursive {
+            path.starts_with(&self.target)
+        } else {
+            path == self.target || path.parent() == Some(self.target.as_path())
+        }
+    }
+
+    /// Whether this rule covers `dir` and everything below it.
+    fn covers_tree(&self, dir: &Path) -> bool {
+        self.recursive && dir.starts_with(&self.target)
+    }
+}
+
+impl fmt::Display for Rule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let perm = match self.permission {
+            Permission::Read => "read",
+            Permission::Write => "write",
+        };
+        let depth = if self.recursive { "" } else { " (non-recursive)" };
+        write!(f, "{perm} {}{depth}", self.target.display())
+    }
+}
+
+/// The access a scope gives to one path.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Access {
+    /// Neither read nor write.
+    None,
+    /// Read only.
+    Read,
+    /// Read and write.
+    Write,
+}
+
+/// One directory a plugin call gets as a WASI preopen.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Preopen {
+    /// Canonical absolute directory; also the path the guest sees.
+    pub dir: PathBuf,
+    /// Read-write when true, read-only otherwise.
+    pub writable: bool,
+}
+
+/// Why a scope could not be resolved.
+#[derive(Debug, thiserror::Error)]
+pub enum ScopeError {
+    /// An allow rule's target is missing or not a directory.
+    #[error("scope.allow[{index}]: target {target}: {reason}")]
+    BadAllowTarget {
+        /// Position in the allow list.
+        index: usize,
+        /// The target as resolved.
+        target: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A deny rule's target could not be resolved.
+    #[error("scope.deny[{index}]: target {target}: {reason}")]
+    BadDenyTarget {
+        /// Position in the deny list.
+        index: usize,
+        /// The target as written.
+        target: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+}
+
+/// A resolved scope: canonical allow and deny rules.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Scope {
+    /// Rules that grant access.
+    pub allow: Vec<Rule>,
+    /// Rules that take access away inside the allowed trees.
+    pub deny: Vec<Rule>,
+}
+
+impl Scope {
+    /// Resolves manifest rules: relative targets against `base`, then to
+    /// canonical form. Allow targets must be existing directories; deny
+    /// targets may be files or not exist yet.
+    pub fn resolve(allow: &[RuleSpec], deny: &[RuleSpec], base: &Path) -> Result<Scope, ScopeError> {
+        let mut scope = Scope::default();
+        for (index, spec) in allow.iter().enumerate() {
+            let joined = base.join(&spec.target);
+            let target = std::fs::canonicalize(&joined).map_err(|e| ScopeError::BadAllowTarget {
+                index,
+                target: joined.clone(),
+                reason: e.to_string(),
+            })?;
+            if !target.is_dir() {
+                return Err(ScopeError::BadAllowTarget {
+                    index,
+                    target,
+                    reason: "not a directory (allow rules grant directories)".into(),
+                });
+            }
+            scope.allow.push(Rule { target, permission: spec.permission, recursive: spec.recursive });
+        }
+        for (index, spec) in deny.iter().enumerate() {
+            let target = canonicalize(&base.join(&spec.target)).map_err(|reason| ScopeError::BadDenyTarget {
+                index,
+                target: spec.target.clone(),
+                reason,
+            })?;
+            scope.deny.push(Rule { target, permission: spec.permission, recursive: spec.recursive });
+        }
+        Ok(scope)
+    }
+
+    /// The access this scope gives to `path`, which must be canonical
+    /// (see [`canonicalize`]).
+    pub fn access(&self, path: &Path) -> Access {
+        let granted = self
+            .allow
+            .iter()
+            .filter(|r| r.covers(path))
+            .map(|r| match r.permission {
+                Permission::Read => Access::Read,
+                Permission::Write => Access::Write,
+            })
+            .max()
+            .unwrap_or(Access::None);
+        self.deny.iter().filter(|r| r.covers(path)).fold(granted, |access, r| match r.permission {
+            Permission::Read => Access::None,
+            Permission::Write => access.min(Access::Read),
+        })
+    }
+
+    /// The directories a plugin call gets: one per allow rule, read-write for
+    /// write rules, read-only when a deny rule caps the whole tree at read,
+    /// left out when a deny rule removes the whole tree. A preopen inside
+    /// another one with at least its permission adds nothing and is dropped.
+    ///
+    /// Deny rules on part of a tree and non-recursive rules cannot be
+    /// expressed as preopens; tools that take paths from the model enforce
+    /// them with [`Scope::access`] (see `docs/security.md`).
+    pub fn preopens(&self) -> Vec<Preopen> {
+        let mut candidates: Vec<Preopen> = Vec::new();
+        for rule in &self.allow {
+            let denied = self.deny.iter().filter(|d| d.covers_tree(&rule.target));
+            let mut writable = rule.permission == Permission::Write;
+            let mut removed = false;
+            for d in denied {
+                match d.permission {
+                    Permission::Read => removed = true,
+                    Permission::Write => writable = false,
+                }
+            }
+            if removed {
+                continue;
+            }
+            match candidates.iter_mut().find(|p| p.dir == rule.target) {
+                Some(p) => p.writable |= writable,
+                None => candidates.push(Preopen { dir: rule.target.clone(), writable }),
+            }
+        }
+        let recursive_dirs: Vec<&Path> =
+            self.allow.iter().filter(|r| r.recursive).map(|r| r.target.as_path()).collect();
+        let kept: Vec<Preopen> = candidates
+            .iter()
+            .filter(|p| {
+                !candidates.iter().any(|outer| {
+                    outer.dir != p.dir
+                        && p.dir.starts_with(&outer.dir)
+                        && recursive_dirs.contains(&outer.dir.as_path())
+                        && outer.writable >= p.writable
+                })
+            })
+            .cloned()
+            .collect();
+        kept
+    }
+
+    /// One line per rule, for greetings and error messages.
+    pub fn summary(&self) -> String {
+        let allow = self.allow.iter().map(|r| format!("allow {r}"));
+        let deny = self.deny.iter().map(|r| format!("deny {r}"));
+        allow.chain(deny).collect::<Vec<_>>().join("\n")
+    }
+}
+
+/// The canonical form of `path`, which need not exist: its nearest existing
+/// ancestor canonicalized (symlinks resolved), then the remaining components.
+/// A `..` in the remaining part is rejected, since its meaning would depend on
+/// what is created later. `path` must be absolute.
+pub fn canonicalize(path: &Path) -> Result<PathBuf, String> {
+    canonicalize_within(path, 0)
+}
+
+/// How many dangling symlinks [`canonicalize`] follows before giving up,
+/// like the kernel's own limit on symlink chains.
+const MAX_LINK_DEPTH: usize = 40;
+
+fn canonicalize_within(path: &Path, depth: usize) -> Result<PathBuf, String> {
+    if !path.is_absolute() {
+        return Err(format!("{} is not an absolute path", path.display()));
+    }
+    if depth > MAX_LINK_DEPTH {
+        return Err(format!("{}: too many levels of symbolic links", path.display()));
+    }
+    let mut existing = path;
+    let mut rest: Vec<&std::ffi::OsStr> = Vec::new();
+    loop {
+        let found = match std::fs::canonicalize(existing) {
+            Ok(canonical) => Some(canonical),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                // A dangling symlink names where a new file would really go.
+                match std::fs::read_link(existing) {
+                    Ok(text) => {
+                        let parent = existing.parent().unwrap_or(Path::new("/"));
+                        Some(canonicalize_within(&parent.join(text), depth + 1)?)
+                    }
+                    Err(_) => None,
+                }
+            }
+            Err(e) => return Err(format!("{}: {e}", existing.display())),
+        };
+        if let Some(mut canonical) = found {
+            for part in rest.iter().rev() {
+                canonical.push(part);
+            }
+            return Ok(canonical);
+        }
+        let Some(parent) = existing.parent() else {
+            return Err(format!("{}: no existing ancestor", path.display()));
+        };
+        match existing.components().next_back() {
+            Some(Component::Normal(name)) => rest.push(name),
+            Some(Component::CurDir) => {}
+            Some(Component::ParentDir) => {
+                return Err(format!("{}: `..` after a path that does not exist", path.display()));
+            }
+            _ => return Err(format!("{}: no existing ancestor", path.display())),
+        }
+        existing = parent;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rule(target: &Path, permission: Permission, recursive: bool) -> Rule {
+        Rule { target: target.to_path_buf(), permission, recursive }
+    }
+
+    fn spec(target: &str, permission: Permission) -> RuleSpec {
+        RuleSpec { target: target.into(), permission, recursive: true }
+    }
+
+    #[test]
+    fn access_is_the_strongest_allow_capped_by_deny() {
+        let scope = Scope {
+            allow: vec![
+                rule(Path::new("/p"), Permission::Read, true),
+                rule(Path::new("/p/src"), Permission::Write, true),
+            ],
+            deny: vec![
+                rule(Path::new("/p/src/gen"), Permission::Write, true),
+                rule(Path::new("/p/src/secret"), Permission::Read, true),
+            ],
+        };
+        assert_eq!(scope.access(Path::new("/p/readme")), Access::Read);
+        assert_eq!(scope.access(Path::new("/p/src/a/b.rs")), Access::Write);
+        assert_eq!(scope.access(Path::new("/p/src/gen/x.rs")), Access::Read);
+        assert_eq!(scope.access(Path::new("/p/src/secret/key")), Access::None);
+        assert_eq!(scope.access(Path::new("/elsewhere")), Access::None);
+        // A sibling whose name merely starts with the target is not covered.
+        assert_eq!(scope.access(Path::new("/p/src2/x")), Access::Read);
+        assert_eq!(scope.access(Path::new("/pp")), Access::None);
+    }
+
+    #[test]
+    fn non_recursive_rule_covers_only_direct_children() {
+        let scope = Scope { allow: vec![rule(Path::new("/p"), Permission::Write, false)], deny: vec![] };
+        assert_eq!(scope.access(Path::new("/p")), Access::Write);
+        assert_eq!(scope.access(Path::new("/p/file")), Access::Write);
+        assert_eq!(scope.access(Path::new("/p/dir/file")), Access::None);
+    }
+
+    #[test]
+    fn preopens_follow_rules_and_whole_tree_denies() {
+        let scope = Scope {
+            allow: vec![
+                rule(Path::new("/a"), Permission::Write, true),
+                rule(Path::new("/a/inner"), Permission::Read, true),
+                rule(Path::new("/b"), Permission::Write, true),
+                rule(Path::new("/c"), Permission::Read, true),
+                rule(Path::new("/c/w"), Permission::Write, true),
+            ],
+            deny: vec![rule(Path::new("/b"), Permission::Write, true), rule(Path::new("/c/w"), Permission::Read, true)],
+        };
+        assert_eq!(
+            scope.preopens(),
+            vec![
+                Preopen { dir: "/a".into(), writable: true },
+                Preopen { dir: "/b".into(), writable: false },
+                Preopen { dir: "/c".into(), writable: false },
+            ]
+        );
+    }
+
+    #[test]
+    fn writable_preopen_inside_read_only_one_is_kept() {
+        let scope = Scope {
+            allow: vec![
+                rule(Path::new("/c"), Permission::Read, true),
+                rule(Path::new("/c/w"), Permission::Write, true),
+            ],
+            deny: vec![],
+        };
+        assert_eq!(scope.preopens().len(), 2);
+    }
+
+    #[test]
+    fn resolve_makes_targets_canonical_and_checks_allow_targets() {
+        let tmp = tempfile::tempdir().unwrap();
+        let real = tmp.path().canonicalize().unwrap();
+        std::fs::create_dir(real.join("proj")).unwrap();
+        std::fs::write(real.join("file"), "x").unwrap();
+        std::os::unix::fs::symlink(real.join("proj"), real.join("link")).unwrap();
+
+        let scope =
+            Scope::resolve(&[spec("link", Permission::Write)], &[spec("proj/not-yet/deeper", Permission::Read)], &real)
+                .unwrap();
+        assert_eq!(scope.allow[0].target, real.join("proj"));
+        assert_eq!(scope.deny[0].target, real.join("proj/not-yet/deeper"));
+
+        let err = Scope::resolve(&[spec("file", Permission::Read)], &[], &real).unwrap_err();
+        assert!(err.to_string().contains("not a directory"), "{err}");
+        let err = Scope::resolve(&[spec("missing", Permission::Read)], &[], &real).unwrap_err();
+        assert!(err.to_string().starts_with("scope.allow[0]"), "{err}");
+    }
+
+    #[test]
+    fn canonicalize_resolves_symlinks_and_rejects_dotdot_in_missing_part() {
+        let tmp = tempfile::tempdir().unwrap();
+        let real = tmp.path().canonicalize().unwrap();
+        std::fs::create_dir(real.join("in")).unwrap();
+        std::os::unix::fs::symlink("/", real.join("in/root")).unwrap();
+        assert_eq!(canonicalize(&real.join("in/root/etc")).unwrap(), Path::new("/etc"));
+        assert_eq!(canonicalize(&real.join("in/new/file")).unwrap(), real.join("in/new/file"));
+        assert!(canonicalize(&real.join("in/new/../../x")).is_err());
+        assert!(canonicalize(Path::new("relative")).is_err());
+        // An existing path with `..` is resolved by the OS.
+        assert_eq!(canonicalize(&real.join("in/../in")).unwrap(), real.join("in"));
+        // A dangling symlink is judged by where it points.
+        std::os::unix::fs::symlink(real.join("elsewhere/new"), real.join("in/dangling")).unwrap();
+        assert_eq!(canonicalize(&real.join("in/dangling")).unwrap(), real.join("elsewhere/new"));
+        std::os::unix::fs::symlink("loop", real.join("in/loop")).unwrap();
+        assert!(canonicalize(&real.join("in/loop/x")).is_err());
+    }
+}

@@ -1,0 +1,90 @@
+//! The `yoi-host` binary: `plugins list` and `tool call`, their output and
+//! exit codes.
+
+mod common;
+
+use std::process::{Command, Output};
+
+use common::{Sandbox, plugin_dir, shared_cache};
+use serde_json::Value;
+
+fn yoi(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_yoi-host"))
+        .args(args)
+        .env("YOI_HOME", shared_cache().parent().unwrap().join("cli-home"))
+        .output()
+        .unwrap()
+}
+
+fn stdout_json(out: &Output) -> Value {
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)))
+}
+
+fn manifest(sb: &Sandbox, body: &str) -> String {
+    sb.file("pod.toml", &format!("[pod]\nname = \"cli\"\n{body}")).display().to_string()
+}
+
+/// `plugins list --json` shows each plugin with its tools and schemas, and
+/// reports the ones that did not load.
+#[test]
+fn plugins_list_json() {
+    let dir = plugin_dir(&["probe", "command"]);
+    let out = yoi(&["plugins", "list", "--plugins", dir.path().to_str().unwrap(), "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let doc = stdout_json(&out);
+    let probe = doc["plugins"].as_array().unwrap().iter().find(|p| p["name"] == "probe").unwrap();
+    let echo = probe["tools"].as_array().unwrap().iter().find(|t| t["name"] == "Echo").unwrap();
+    assert_eq!(echo["input_schema"]["properties"]["text"]["type"], "string");
+    let error = &doc["errors"][0];
+    assert!(error["origin"].as_str().unwrap().ends_with("command.wasm"), "{error}");
+
+    let text = yoi(&["plugins", "list", "--plugins", dir.path().to_str().unwrap()]);
+    let stdout = String::from_utf8_lossy(&text.stdout);
+    assert!(stdout.contains("probe (") && stdout.contains("  Echo: "), "{stdout}");
+    assert!(String::from_utf8_lossy(&text.stderr).contains("command.wasm"));
+}
+
+/// `tool call` prints `{"ok":...}` and exits 0, or `{"error":...}` and exits 1,
+/// with the manifest's scope in force.
+#[test]
+fn tool_call_ok_and_error() {
+    let sb = Sandbox::new();
+    sb.file("proj/a.txt", "alpha");
+    let m = manifest(&sb, "[[scope.allow]]\ntarget = \"proj\"\npermission = \"read\"\n");
+    let dir = plugin_dir(&["probe"]);
+    let plugins = dir.path().to_str().unwrap();
+
+    let path = sb.root.join("proj/a.txt").display().to_string();
+    let input = serde_json::json!({"op": "read", "path": path}).to_string();
+    let out = yoi(&["tool", "call", "--plugins", plugins, "--manifest", &m, "Fs", &input]);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(stdout_json(&out)["ok"]["content"], "alpha");
+
+    let input = serde_json::json!({"op": "write", "path": path, "content": "x"}).to_string();
+    let out = yoi(&["tool", "call", "--plugins", plugins, "--manifest", &m, "Fs", &input]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(stdout_json(&out)["error"]["kind"], "permission_denied");
+    assert_eq!(sb.read("proj/a.txt").as_deref(), Some("alpha"));
+
+    let out = yoi(&["tool", "call", "--plugins", plugins, "--manifest", &m, "Fs", "not json"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(stdout_json(&out)["error"]["kind"], "invalid_input");
+}
+
+/// Setup errors exit 2 with a message on stderr naming the culprit.
+#[test]
+fn setup_errors_exit_2() {
+    let sb = Sandbox::new();
+    let bad = manifest(&sb, "[limits]\ntool_timeout = 1\n");
+    let out = yoi(&["tool", "call", "--manifest", &bad, "Noop", "{}"]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.starts_with("yoi-host: ") && stderr.contains("tool_timeout"), "{stderr}");
+
+    let out = yoi(&["plugins", "list", "--plugins", "/no/such/dir"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/no/such/dir"));
+
+    let out = yoi(&["tool", "call", "--manifest", "/no/such/pod.toml", "Noop", "{}"]);
+    assert_eq!(out.status.code(), Some(2));
+}
