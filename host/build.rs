@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// Plugins compiled into every host, by crate name.
-const BUILTIN: &[&str] = &[];
+const BUILTIN: &[&str] = &["fs-tools"];
 
 fn main() {
     let manifest_dir = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").unwrap());
@@ -25,7 +25,7 @@ fn main() {
     let plugins = root.join("plugins");
     println!("cargo:rerun-if-changed={}", plugins.join("Cargo.toml").display());
     println!("cargo:rerun-if-changed={}", plugins.join("Cargo.lock").display());
-    for dir in ["sdk", "testing", "fs-tools", "pod-tools"] {
+    for dir in ["sdk", "scope-rules", "testing", "fs-tools", "pod-tools"] {
         println!("cargo:rerun-if-changed={}", plugins.join(dir).display());
     }
     println!("cargo:rerun-if-changed={}", root.join("wit").display());

@@ -5,26 +5,15 @@
 //! This module judges paths and knows nothing of wasmtime; `plugin` turns
 //! [`Scope::preopens`] into WASI preopens and never re-judges a path.
 //!
-//! Semantics (DESIGN §5): write implies read; a recursive rule covers its
-//! target and everything below, a non-recursive one the target and its direct
-//! children. Access to a path is the strongest allow rule covering it, then
-//! capped by every deny rule covering it (`deny read` removes access, `deny
-//! write` caps it at read). Paths are judged in canonical form.
+//! How rules judge a canonical path lives in the `yoi-scope-rules` crate,
+//! which the builtin tools share, so both sides of the wasm boundary apply the
+//! very same semantics (DESIGN §5).
 
-use std::fmt;
+use std::ops::Deref;
 use std::path::{Component, Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
-
-/// What a rule grants (allow) or takes away (deny).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Permission {
-    /// allow: read only; deny: no access at all.
-    Read,
-    /// allow: read and write; deny: at most read.
-    Write,
-}
+pub use yoi_scope_rules::{Access, Permission, Rule, Rules};
 
 /// A rule as written in a manifest: the target may be relative.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -43,53 +32,14 @@ fn default_recursive() -> bool {
     true
 }
 
-/// A rule with its target resolved to a canonical absolute path.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Rule {
-    /// Canonical absolute target.
-    pub target: PathBuf,
-    /// What the rule grants or takes away.
-    pub permission: Permission,
-    /// Whether the rule covers the whole tree below the target.
-    pub recursive: bool,
-}
-
-impl Rule {
-    /// Whether this rule is about `path` (canonical).
-    pub fn covers(&self, path: &Path) -> bool {
-        if self.recursive {
-            path.starts_with(&self.target)
-        } else {
-            path == self.target || path.parent() == Some(self.target.as_path())
-        }
-    }
-
-    /// Whether this rule covers `dir` and everything below it.
-    fn covers_tree(&self, dir: &Path) -> bool {
-        self.recursive && dir.starts_with(&self.target)
-    }
-}
-
-impl fmt::Display for Rule {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let perm = match self.permission {
-            Permission::Read => "read",
-            Permission::Write => "write",
-        };
-        let depth = if self.recursive { "" } else { " (non-recursive)" };
-        write!(f, "{perm} {}{depth}", self.target.display())
-    }
-}
-
-/// The access a scope gives to one path.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Access {
-    /// Neither read nor write.
-    None,
-    /// Read only.
-    Read,
-    /// Read and write.
-    Write,
+/// One rule in words: `write /p/src` or `read /p (non-recursive)`.
+pub fn describe_rule(rule: &Rule) -> String {
+    let perm = match rule.permission {
+        Permission::Read => "read",
+        Permission::Write => "write",
+    };
+    let depth = if rule.recursive { "" } else { " (non-recursive)" };
+    format!("{perm} {}{depth}", rule.target.display())
 }
 
 /// One directory a plugin call gets as a WASI preopen.
@@ -126,13 +76,19 @@ pub enum ScopeError {
     },
 }
 
-/// A resolved scope: canonical allow and deny rules.
+/// A resolved scope: canonical allow and deny rules (see [`Rules`] for how
+/// they judge a path), plus what the host derives from them.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Scope {
-    /// Rules that grant access.
-    pub allow: Vec<Rule>,
-    /// Rules that take access away inside the allowed trees.
-    pub deny: Vec<Rule>,
+    rules: Rules,
+}
+
+impl Deref for Scope {
+    type Target = Rules;
+
+    fn deref(&self) -> &Rules {
+        &self.rules
+    }
 }
 
 impl Scope {
@@ -140,7 +96,7 @@ impl Scope {
     /// canonical form. Allow targets must be existing directories; deny
     /// targets may be files or not exist yet.
     pub fn resolve(allow: &[RuleSpec], deny: &[RuleSpec], base: &Path) -> Result<Scope, ScopeError> {
-        let mut scope = Scope::default();
+        let mut scope = Rules::default();
         for (index, spec) in allow.iter().enumerate() {
             let joined = base.join(&spec.target);
             let target = std::fs::canonicalize(&joined).map_err(|e| ScopeError::BadAllowTarget {
@@ -165,26 +121,12 @@ impl Scope {
             })?;
             scope.deny.push(Rule { target, permission: spec.permission, recursive: spec.recursive });
         }
-        Ok(scope)
+        Ok(Scope { rules: scope })
     }
 
-    /// The access this scope gives to `path`, which must be canonical
-    /// (see [`canonicalize`]).
-    pub fn access(&self, path: &Path) -> Access {
-        let granted = self
-            .allow
-            .iter()
-            .filter(|r| r.covers(path))
-            .map(|r| match r.permission {
-                Permission::Read => Access::Read,
-                Permission::Write => Access::Write,
-            })
-            .max()
-            .unwrap_or(Access::None);
-        self.deny.iter().filter(|r| r.covers(path)).fold(granted, |access, r| match r.permission {
-            Permission::Read => Access::None,
-            Permission::Write => access.min(Access::Read),
-        })
+    /// A scope of already canonical rules.
+    pub fn from_rules(rules: Rules) -> Scope {
+        Scope { rules }
     }
 
     /// The directories a plugin call gets: one per allow rule, read-write for
@@ -234,8 +176,8 @@ impl Scope {
 
     /// One line per rule, for greetings and error messages.
     pub fn summary(&self) -> String {
-        let allow = self.allow.iter().map(|r| format!("allow {r}"));
-        let deny = self.deny.iter().map(|r| format!("deny {r}"));
+        let allow = self.allow.iter().map(|r| format!("allow {}", describe_rule(r)));
+        let deny = self.deny.iter().map(|r| format!("deny {}", describe_rule(r)));
         allow.chain(deny).collect::<Vec<_>>().join("\n")
     }
 }
@@ -305,43 +247,17 @@ mod tests {
         Rule { target: target.to_path_buf(), permission, recursive }
     }
 
+    fn scope(rules: Rules) -> Scope {
+        Scope::from_rules(rules)
+    }
+
     fn spec(target: &str, permission: Permission) -> RuleSpec {
         RuleSpec { target: target.into(), permission, recursive: true }
     }
 
     #[test]
-    fn access_is_the_strongest_allow_capped_by_deny() {
-        let scope = Scope {
-            allow: vec![
-                rule(Path::new("/p"), Permission::Read, true),
-                rule(Path::new("/p/src"), Permission::Write, true),
-            ],
-            deny: vec![
-                rule(Path::new("/p/src/gen"), Permission::Write, true),
-                rule(Path::new("/p/src/secret"), Permission::Read, true),
-            ],
-        };
-        assert_eq!(scope.access(Path::new("/p/readme")), Access::Read);
-        assert_eq!(scope.access(Path::new("/p/src/a/b.rs")), Access::Write);
-        assert_eq!(scope.access(Path::new("/p/src/gen/x.rs")), Access::Read);
-        assert_eq!(scope.access(Path::new("/p/src/secret/key")), Access::None);
-        assert_eq!(scope.access(Path::new("/elsewhere")), Access::None);
-        // A sibling whose name merely starts with the target is not covered.
-        assert_eq!(scope.access(Path::new("/p/src2/x")), Access::Read);
-        assert_eq!(scope.access(Path::new("/pp")), Access::None);
-    }
-
-    #[test]
-    fn non_recursive_rule_covers_only_direct_children() {
-        let scope = Scope { allow: vec![rule(Path::new("/p"), Permission::Write, false)], deny: vec![] };
-        assert_eq!(scope.access(Path::new("/p")), Access::Write);
-        assert_eq!(scope.access(Path::new("/p/file")), Access::Write);
-        assert_eq!(scope.access(Path::new("/p/dir/file")), Access::None);
-    }
-
-    #[test]
     fn preopens_follow_rules_and_whole_tree_denies() {
-        let scope = Scope {
+        let scope = scope(Rules {
             allow: vec![
                 rule(Path::new("/a"), Permission::Write, true),
                 rule(Path::new("/a/inner"), Permission::Read, true),
@@ -350,7 +266,7 @@ mod tests {
                 rule(Path::new("/c/w"), Permission::Write, true),
             ],
             deny: vec![rule(Path::new("/b"), Permission::Write, true), rule(Path::new("/c/w"), Permission::Read, true)],
-        };
+        });
         assert_eq!(
             scope.preopens(),
             vec![
@@ -363,13 +279,13 @@ mod tests {
 
     #[test]
     fn writable_preopen_inside_read_only_one_is_kept() {
-        let scope = Scope {
+        let scope = scope(Rules {
             allow: vec![
                 rule(Path::new("/c"), Permission::Read, true),
                 rule(Path::new("/c/w"), Permission::Write, true),
             ],
             deny: vec![],
-        };
+        });
         assert_eq!(scope.preopens().len(), 2);
     }
 

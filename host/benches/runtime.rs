@@ -1,0 +1,162 @@
+//! Plugin runtime benchmark: prints a table of
+//! - cold compile vs cache load per plugin,
+//! - instantiate time with the pooling vs the on-demand allocator,
+//! - a whole trivial tool call (fresh store + instance + call + drop), p50/p99,
+//!   through `PluginHost::call` with each allocator.
+//!
+//! Run: `cargo bench -p yoi-host --bench runtime`
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use wasmtime::Store;
+use wasmtime::component::{Component, Linker};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use yoi_host::plugin::cache::{CacheOutcome, ComponentCache};
+use yoi_host::plugin::engine::build_engine;
+use yoi_host::plugin::{Allocator, CallLimits, HostOptions, PluginHost, PluginSource, PodContext};
+use yoi_host::pod_state::PodState;
+use yoi_host::scope::{Permission, RuleSpec, Scope};
+
+fn guest(name: &str) -> PathBuf {
+    Path::new(env!("YOI_GUEST_DIR")).join(format!("{name}.wasm"))
+}
+
+struct Bare {
+    wasi: WasiCtx,
+    table: wasmtime::component::ResourceTable,
+}
+
+impl WasiView for Bare {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
+}
+
+fn percentile(samples: &mut [Duration], p: f64) -> Duration {
+    samples.sort();
+    samples[((samples.len() - 1) as f64 * p).round() as usize]
+}
+
+fn us(d: Duration) -> String {
+    format!("{:.1} µs", d.as_secs_f64() * 1e6)
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.1} ms", d.as_secs_f64() * 1e3)
+}
+
+/// Cold compile and cache load of one component, best of a few rounds.
+fn compile_vs_cache(name: &str, bytes: &[u8]) -> (Duration, Duration) {
+    let engine = build_engine(Allocator::Pooling).unwrap();
+    let digest = format!("{name}-bench");
+    let (mut cold, mut warm) = (Duration::MAX, Duration::MAX);
+    for _ in 0..3 {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = ComponentCache::new(dir.path());
+        let t = Instant::now();
+        let (_, outcome) = cache.load_or_compile(&engine, bytes, &digest).unwrap();
+        cold = cold.min(t.elapsed());
+        assert_eq!(outcome, CacheOutcome::Compiled);
+        for _ in 0..5 {
+            let t = Instant::now();
+            let (_, outcome) = cache.load_or_compile(&engine, bytes, &digest).unwrap();
+            warm = warm.min(t.elapsed());
+            assert_eq!(outcome, CacheOutcome::Hit);
+        }
+    }
+    (cold, warm)
+}
+
+/// Median instantiate time of the probe component (imports it does not use
+/// at instantiation are stubbed), with a fresh store each time.
+async fn instantiate(allocator: Allocator, rounds: usize) -> (Duration, Duration) {
+    let engine = build_engine(allocator).unwrap();
+    let component = Component::from_file(&engine, guest("probe")).unwrap();
+    let mut linker = Linker::<Bare>::new(&engine);
+    wasmtime_wasi::p2::add_to_linker_async(&mut linker).unwrap();
+    linker.define_unknown_imports_as_traps(&component).unwrap();
+    let pre = linker.instantiate_pre(&component).unwrap();
+    let mut samples = Vec::with_capacity(rounds);
+    for _ in 0..rounds {
+        let mut store = Store::new(
+            &engine,
+            Bare { wasi: WasiCtx::builder().build(), table: wasmtime::component::ResourceTable::new() },
+        );
+        store.set_epoch_deadline(u64::MAX / 2);
+        let t = Instant::now();
+        pre.instantiate_async(&mut store).await.unwrap();
+        samples.push(t.elapsed());
+    }
+    (percentile(&mut samples, 0.5), percentile(&mut samples, 0.99))
+}
+
+/// p50/p99 of a whole trivial call through the host.
+async fn trivial_call(allocator: Allocator, rounds: usize) -> (Duration, Duration) {
+    let cache = tempfile::tempdir().unwrap();
+    let options = HostOptions { cache_dir: cache.path().to_path_buf(), allocator };
+    let mut host = PluginHost::new(&options).unwrap();
+    host.load(PluginSource::from_file(&guest("probe")).unwrap()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let rule = RuleSpec { target: dir.path().to_path_buf(), permission: Permission::Write, recursive: true };
+    let scope = Scope::resolve(&[rule], &[], Path::new("/")).unwrap();
+    let pod = Arc::new(PodContext {
+        name: "bench".into(),
+        working_dir: dir.path().to_path_buf(),
+        scope,
+        limits: CallLimits::default(),
+        state: PodState::new(),
+    });
+    for _ in 0..200 {
+        host.call(&pod, "Noop", "{}").await.unwrap();
+    }
+    let mut samples = Vec::with_capacity(rounds);
+    for _ in 0..rounds {
+        let t = Instant::now();
+        host.call(&pod, "Noop", "{}").await.unwrap();
+        samples.push(t.elapsed());
+    }
+    (percentile(&mut samples, 0.5), percentile(&mut samples, 0.99))
+}
+
+fn main() {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+
+    println!("## Compile vs cache load (best of 3 / of 15)\n");
+    println!("| plugin | size | cold compile | cache load | ratio |");
+    println!("|---|---|---|---|---|");
+    let mut plugins: Vec<(String, Vec<u8>)> =
+        PluginSource::builtin().into_iter().map(|s| (s.name, s.bytes.to_vec())).collect();
+    plugins.push(("probe (test)".into(), std::fs::read(guest("probe")).unwrap()));
+    for (name, bytes) in &plugins {
+        let (cold, warm) = compile_vs_cache(name, bytes);
+        let ratio = cold.as_secs_f64() / warm.as_secs_f64();
+        println!("| {name} | {} KiB | {} | {} | {ratio:.0}x |", bytes.len() / 1024, ms(cold), us(warm));
+    }
+
+    let rounds = 5000;
+    println!("\n## Per call ({rounds} rounds, one thread)\n");
+    println!("| measure | pooling p50 | pooling p99 | on-demand p50 | on-demand p99 | on-demand / pooling (p50) |");
+    println!("|---|---|---|---|---|---|");
+    let (pi50, pi99) = rt.block_on(instantiate(Allocator::Pooling, rounds));
+    let (oi50, oi99) = rt.block_on(instantiate(Allocator::OnDemand, rounds));
+    println!(
+        "| instantiate (fresh store) | {} | {} | {} | {} | {:.2}x |",
+        us(pi50),
+        us(pi99),
+        us(oi50),
+        us(oi99),
+        oi50.as_secs_f64() / pi50.as_secs_f64()
+    );
+    let (pc50, pc99) = rt.block_on(trivial_call(Allocator::Pooling, rounds));
+    let (oc50, oc99) = rt.block_on(trivial_call(Allocator::OnDemand, rounds));
+    println!(
+        "| trivial call end to end (WASI ctx with 1 preopen + store + instance + call + drop) | {} | {} | {} | {} | {:.2}x |",
+        us(pc50),
+        us(pc99),
+        us(oc50),
+        us(oc99),
+        oc50.as_secs_f64() / pc50.as_secs_f64()
+    );
+}

@@ -1,0 +1,100 @@
+//! Glob: files under a directory whose relative path matches a pattern,
+//! newest first.
+
+use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use globset::GlobBuilder;
+use serde::Deserialize;
+use yoi_plugin_sdk::{ToolError, ToolOutput, parse_input};
+use yoi_scope_rules::{Access, Rules};
+
+use crate::scope::{Context, io_error};
+
+/// Most files listed.
+const MAX_RESULTS: usize = 1000;
+/// Characters that make a path component a pattern.
+const GLOB_META: [char; 4] = ['*', '?', '[', '{'];
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Input {
+    pattern: String,
+    path: Option<String>,
+}
+
+pub fn run(ctx: &Context, input: &str) -> Result<ToolOutput, ToolError> {
+    let input: Input = parse_input(input)?;
+    // An absolute pattern is matched against absolute paths, from its
+    // longest literal directory.
+    let (root, pattern) = if input.pattern.starts_with('/') && input.path.is_none() {
+        let parts: Vec<Component> = Path::new(&input.pattern).components().collect();
+        let literal = parts.iter().take_while(|c| !c.as_os_str().to_string_lossy().contains(GLOB_META)).count();
+        let split = if literal == parts.len() { literal - 1 } else { literal };
+        let root: PathBuf = parts[..split].iter().collect();
+        let rest: PathBuf = parts[split..].iter().collect();
+        (ctx.resolve("pattern", &root.to_string_lossy(), Access::Read)?, rest.to_string_lossy().into_owned())
+    } else {
+        (ctx.resolve_dir_or_cwd(input.path.as_deref())?, input.pattern.clone())
+    };
+    let meta = std::fs::metadata(&root).map_err(|e| io_error(root.display(), e))?;
+    if !meta.is_dir() {
+        return Err(ToolError::InvalidInput(format!("{} is not a directory", root.display())));
+    }
+    let matcher = GlobBuilder::new(&pattern)
+        .literal_separator(true)
+        .build()
+        .map_err(|e| ToolError::InvalidInput(format!("invalid glob pattern {pattern:?}: {e}")))?
+        .compile_matcher();
+
+    let rules = Arc::new(ctx.rules.clone());
+    let mut found: Vec<(SystemTime, PathBuf)> = Vec::new();
+    for entry in walker(&root, rules.clone()) {
+        let Ok(entry) = entry else { continue };
+        if entry.file_type().is_none_or(|t| t.is_dir()) {
+            continue;
+        }
+        let path = entry.path();
+        let Ok(rel) = path.strip_prefix(&root) else { continue };
+        if !matcher.is_match(rel) || rules.access(path) < Access::Read {
+            continue;
+        }
+        let mtime = entry.metadata().ok().and_then(|m| m.modified().ok()).unwrap_or(SystemTime::UNIX_EPOCH);
+        found.push((mtime, path.to_path_buf()));
+    }
+    found.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
+    let total = found.len();
+    found.truncate(MAX_RESULTS);
+    let listing: Vec<String> = found.iter().map(|(_, p)| p.display().to_string()).collect();
+    let cut = if total > MAX_RESULTS {
+        format!(" (showing the {MAX_RESULTS} newest; narrow the pattern or path)")
+    } else {
+        String::new()
+    };
+    Ok(ToolOutput {
+        summary: format!(
+            "Found {} matching {} in {}{cut}",
+            crate::plural(total, "file"),
+            input.pattern,
+            root.display()
+        ),
+        content: (!listing.is_empty()).then(|| listing.join("\n")),
+    })
+}
+
+/// A walk of `root` that shows hidden files, ignores no ignore files, skips
+/// `.git` directories and never follows symlinks.
+fn walker(root: &Path, rules: Arc<Rules>) -> ignore::Walk {
+    ignore::WalkBuilder::new(root)
+        .standard_filters(false)
+        .follow_links(false)
+        .filter_entry(move |e| e.file_name() != ".git" && worth_visiting(&rules, e))
+        .build()
+}
+
+/// Walks do not enter directories in which the pod's rules leave nothing
+/// readable (deny rules, the depth limit of non-recursive rules).
+pub fn worth_visiting(rules: &Rules, entry: &ignore::DirEntry) -> bool {
+    !entry.file_type().is_some_and(|t| t.is_dir()) || rules.worth_entering(entry.path())
+}

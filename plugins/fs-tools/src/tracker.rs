@@ -1,0 +1,38 @@
+//! The read-before-write rule. Read, Write and Edit record the content hash
+//! of each file they saw under `read:<canonical path>` in the pod's state
+//! store (every call is a fresh instance, so memory would not do); Write and
+//! Edit of an existing file require a record whose hash still matches. The
+//! host lists the files a pod touched from the same keys.
+
+use std::path::Path;
+
+use xxhash_rust::xxh3::xxh3_128;
+use yoi_plugin_sdk::{ToolError, log, state};
+
+fn key(path: &Path) -> String {
+    format!("read:{}", path.display())
+}
+
+/// Remembers that the pod has seen `content` at `path`.
+pub fn record(path: &Path, content: &[u8]) {
+    let hash = xxh3_128(content).to_le_bytes();
+    if let Err(e) = state::set(&key(path), &hash) {
+        // The model will be asked to read the file again; nothing is lost.
+        log::log(log::Level::Warn, &format!("cannot record read of {}: {e}", path.display()));
+    }
+}
+
+/// Checks that the pod has seen exactly `current` at `path`.
+pub fn check(path: &Path, current: &[u8]) -> Result<(), ToolError> {
+    match state::get(&key(path)) {
+        None => Err(ToolError::Failed(format!(
+            "{} already exists and has not been read in this pod: Read it first, then write or edit it",
+            path.display()
+        ))),
+        Some(hash) if hash == xxh3_128(current).to_le_bytes() => Ok(()),
+        Some(_) => Err(ToolError::Failed(format!(
+            "{} has changed since this pod last read it (modified outside these tools): Read it again first",
+            path.display()
+        ))),
+    }
+}
