@@ -122,6 +122,14 @@ async fn trivial_call(allocator: Allocator, rounds: usize) -> (Duration, Duratio
 
 fn main() {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    // `runtime calls N`: only N trivial calls, for profiling.
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(pos) = args.iter().position(|a| a == "calls") {
+        let n = args.get(pos + 1).and_then(|n| n.parse().ok()).unwrap_or(100_000);
+        let (p50, p99) = rt.block_on(trivial_call(Allocator::Pooling, n));
+        println!("trivial call p50 {} p99 {}", us(p50), us(p99));
+        return;
+    }
 
     println!("## Compile vs cache load (best of 3 / of 15)\n");
     println!("| plugin | size | cold compile | cache load | ratio |");

@@ -49,6 +49,11 @@ pub fn build_engine(allocator: Allocator) -> anyhow::Result<Engine> {
         pool.total_tables(POOL_COMPONENT_INSTANCES * 16);
         pool.max_tables_per_component(64);
         pool.table_elements(100_000);
+        // Give memory back in batches: one madvise (and TLB shootdown) per
+        // 16 finished calls instead of one per call. Measured here: trivial
+        // call p50 37 µs unbatched, 32 µs batched; keeping memory resident
+        // (memset or PAGEMAP_SCAN) was slower, 45-60 µs.
+        pool.decommit_batch_size(16);
         pool.total_stacks(POOL_COMPONENT_INSTANCES);
         pool.max_memory_size(MAX_MEMORY_BYTES);
         pool.max_core_instance_size(4 << 20);

@@ -6,7 +6,7 @@ use yoi_scope_rules::Access;
 
 use crate::scope::{Context, io_error};
 use crate::write::atomic_write;
-use crate::{numbered, tracker};
+use crate::{numbered, tracker, wasi_fs};
 
 /// Lines of context shown around the change.
 const CONTEXT_LINES: usize = 3;
@@ -30,7 +30,7 @@ pub fn run(ctx: &Context, input: &str) -> Result<ToolOutput, ToolError> {
         return Err(ToolError::InvalidInput("old_string and new_string are the same: nothing to change".into()));
     }
     let path = ctx.resolve_file(&input.file_path, Access::Write)?;
-    let bytes = std::fs::read(&path).map_err(|e| match e.kind() {
+    let bytes = wasi_fs::read(&path).map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound => {
             ToolError::NotFound(format!("{} does not exist: use Write to create it", path.display()))
         }

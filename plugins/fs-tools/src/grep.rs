@@ -18,7 +18,11 @@ use yoi_scope_rules::{Access, Rules};
 use crate::glob::worth_visiting;
 use crate::plural;
 use crate::scope::{Context, io_error};
+use crate::wasi_fs::OpenFile;
 
+/// Files up to this size are read whole and searched in memory; larger
+/// ones are streamed.
+const WHOLE_FILE_MAX: u64 = 32 << 20;
 /// Entries returned when the model gives no head_limit.
 const DEFAULT_HEAD_LIMIT: usize = 250;
 
@@ -87,7 +91,15 @@ pub fn run(ctx: &Context, input: &str) -> Result<ToolOutput, ToolError> {
     let mut results = Results::new(input.output_mode, context, input.offset, head_limit);
     for file in files {
         let mut sink = FileSink::new(&file, input.output_mode, input.line_numbers.unwrap_or(true));
-        if let Err(e) = searcher.search_path(&matcher, &file, &mut sink) {
+        let searched = match OpenFile::open(&file) {
+            // Small files are read whole through the fast descriptor path.
+            Ok(open) if open.size <= WHOLE_FILE_MAX => {
+                open.read_all().and_then(|bytes| searcher.search_slice(&matcher, &bytes, &mut sink))
+            }
+            Ok(_) => searcher.search_path(&matcher, &file, &mut sink),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = searched {
             // An unreadable file is skipped, as ripgrep does; say so in the log.
             yoi_plugin_sdk::log::log(yoi_plugin_sdk::log::Level::Debug, &format!("{}: {e}", file.display()));
             continue;

@@ -14,6 +14,7 @@ mod grep;
 mod read;
 mod scope;
 mod tracker;
+mod wasi_fs;
 mod write;
 
 use serde_json::json;

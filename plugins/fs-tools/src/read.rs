@@ -5,7 +5,7 @@ use yoi_plugin_sdk::{ToolError, ToolOutput, parse_input};
 use yoi_scope_rules::Access;
 
 use crate::scope::{Context, io_error};
-use crate::{numbered, plural, tracker};
+use crate::{numbered, plural, tracker, wasi_fs};
 
 /// Lines shown when the model gives no limit.
 const DEFAULT_LIMIT: usize = 2000;
@@ -23,14 +23,12 @@ struct Input {
 pub fn run(ctx: &Context, input: &str) -> Result<ToolOutput, ToolError> {
     let input: Input = parse_input(input)?;
     let path = ctx.resolve_file(&input.file_path, Access::Read)?;
-    let meta = std::fs::metadata(&path).map_err(|e| io_error(path.display(), e))?;
-    if meta.is_dir() {
-        return Err(ToolError::InvalidInput(format!(
-            "{} is a directory, not a file: use Glob to list it",
-            path.display()
-        )));
-    }
-    let bytes = std::fs::read(&path).map_err(|e| io_error(path.display(), e))?;
+    let bytes = wasi_fs::read(&path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::IsADirectory => {
+            ToolError::InvalidInput(format!("{} is a directory, not a file: use Glob to list it", path.display()))
+        }
+        _ => io_error(path.display(), e),
+    })?;
     tracker::record(&path, &bytes);
 
     let text = String::from_utf8_lossy(&bytes);

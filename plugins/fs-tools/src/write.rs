@@ -1,7 +1,6 @@
 //! Write: a whole file, atomically, creating missing parent directories.
 //! Also home of [`atomic_write`], which Edit shares.
 
-use std::io::Write as _;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -10,7 +9,7 @@ use yoi_plugin_sdk::{ToolError, ToolOutput, parse_input};
 use yoi_scope_rules::Access;
 
 use crate::scope::{Context, io_error};
-use crate::tracker;
+use crate::{tracker, wasi_fs};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -27,7 +26,7 @@ pub fn run(ctx: &Context, input: &str) -> Result<ToolOutput, ToolError> {
             return Err(ToolError::InvalidInput(format!("{} is a directory", path.display())));
         }
         Ok(_) => {
-            let current = std::fs::read(&path).map_err(|e| io_error(path.display(), e))?;
+            let current = wasi_fs::read(&path).map_err(|e| io_error(path.display(), e))?;
             tracker::check(&path, &current)?;
             true
         }
@@ -75,14 +74,10 @@ pub fn atomic_write(path: &Path, content: &[u8]) -> Result<(), ToolError> {
     for attempt in 0..16 {
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
         let tmp = dir.join(format!(".{name}.yoi-{nanos:x}-{n}-{attempt}.tmp"));
-        let mut file = match std::fs::OpenOptions::new().write(true).create_new(true).open(&tmp) {
-            Ok(f) => f,
+        let renamed = match wasi_fs::write_new(&tmp, content) {
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
-            Err(e) => return Err(io_error(path.display(), e)),
+            written => written.and_then(|()| std::fs::rename(&tmp, path)),
         };
-        let written = file.write_all(content).and_then(|()| file.flush());
-        drop(file);
-        let renamed = written.and_then(|()| std::fs::rename(&tmp, path));
         return renamed.map_err(|e| {
             let _ = std::fs::remove_file(&tmp);
             io_error(path.display(), e)

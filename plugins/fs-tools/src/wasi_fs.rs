@@ -1,0 +1,108 @@
+//! Whole-file reads and writes through `wasi:filesystem` descriptors.
+//!
+//! std's file I/O on WASI goes through streams, which the host serves on a
+//! thread pool (a thread hop per chunk); the descriptor's own `read` and
+//! `write` run inline in the host. For the small files a coding agent reads
+//! all day this is several times faster, so the tools read and write whole
+//! files here and use std for everything else.
+//!
+//! Paths must be canonical: the final component is opened without following
+//! symlinks, so a file swapped for a link after the scope check fails to
+//! open instead of redirecting the read or write.
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+use wasip2::filesystem::preopens::get_directories;
+use wasip2::filesystem::types::{Descriptor, DescriptorFlags, DescriptorType, ErrorCode, OpenFlags, PathFlags};
+
+/// Largest read asked of the host at once.
+const CHUNK: u64 = 4 << 20;
+
+thread_local! {
+    // Each call runs in a fresh instance, so this lives for one call.
+    static PREOPENS: Vec<(Descriptor, PathBuf)> =
+        get_directories().into_iter().map(|(d, p)| (d, PathBuf::from(p))).collect();
+}
+
+/// Runs `f` with the preopen that holds `path` and the path relative to it.
+fn with_dir<R>(path: &Path, f: impl FnOnce(&Descriptor, &str) -> io::Result<R>) -> io::Result<R> {
+    PREOPENS.with(|preopens| {
+        let (dir, root) = preopens
+            .iter()
+            .filter(|(_, root)| path.starts_with(root))
+            .max_by_key(|(_, root)| root.as_os_str().len())
+            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "not under any preopened directory"))?;
+        let rel = path.strip_prefix(root).unwrap_or(Path::new(""));
+        let rel = if rel.as_os_str().is_empty() { "." } else { rel.to_str().unwrap_or(".") };
+        f(dir, rel)
+    })
+}
+
+/// An open regular file and its size.
+pub struct OpenFile {
+    file: Descriptor,
+    /// Size in bytes when opened.
+    pub size: u64,
+}
+
+impl OpenFile {
+    /// Opens `path` for reading; a directory is an `IsADirectory` error.
+    pub fn open(path: &Path) -> io::Result<OpenFile> {
+        let file = with_dir(path, |dir, rel| {
+            dir.open_at(PathFlags::empty(), rel, OpenFlags::empty(), DescriptorFlags::READ).map_err(to_io)
+        })?;
+        let stat = file.stat().map_err(to_io)?;
+        if stat.type_ == DescriptorType::Directory {
+            return Err(io::Error::new(io::ErrorKind::IsADirectory, "is a directory"));
+        }
+        Ok(OpenFile { file, size: stat.size })
+    }
+
+    /// The whole content.
+    pub fn read_all(&self) -> io::Result<Vec<u8>> {
+        let mut out = Vec::with_capacity(self.size as usize);
+        loop {
+            let want = CHUNK.min((self.size.saturating_sub(out.len() as u64)).max(64 * 1024));
+            let (chunk, end) = self.file.read(want, out.len() as u64).map_err(to_io)?;
+            out.extend_from_slice(&chunk);
+            if end || chunk.is_empty() {
+                return Ok(out);
+            }
+        }
+    }
+}
+
+/// The whole content of the file at `path`.
+pub fn read(path: &Path) -> io::Result<Vec<u8>> {
+    OpenFile::open(path)?.read_all()
+}
+
+/// Creates `path`, which must not exist, with `content`.
+pub fn write_new(path: &Path, content: &[u8]) -> io::Result<()> {
+    let file = with_dir(path, |dir, rel| {
+        dir.open_at(PathFlags::empty(), rel, OpenFlags::CREATE | OpenFlags::EXCLUSIVE, DescriptorFlags::WRITE)
+            .map_err(to_io)
+    })?;
+    let mut written = 0;
+    while written < content.len() {
+        let end = content.len().min(written + CHUNK as usize);
+        written += file.write(&content[written..end], written as u64).map_err(to_io)? as usize;
+    }
+    Ok(())
+}
+
+fn to_io(e: ErrorCode) -> io::Error {
+    let kind = match e {
+        ErrorCode::NoEntry => io::ErrorKind::NotFound,
+        ErrorCode::Access | ErrorCode::NotPermitted => io::ErrorKind::PermissionDenied,
+        ErrorCode::ReadOnly => io::ErrorKind::ReadOnlyFilesystem,
+        ErrorCode::Exist => io::ErrorKind::AlreadyExists,
+        ErrorCode::IsDirectory => io::ErrorKind::IsADirectory,
+        ErrorCode::NotDirectory => io::ErrorKind::NotADirectory,
+        ErrorCode::NameTooLong => io::ErrorKind::InvalidFilename,
+        ErrorCode::Loop => return io::Error::other("is a symbolic link (or a loop of them)"),
+        _ => io::ErrorKind::Other,
+    };
+    io::Error::new(kind, format!("{e:?}").to_lowercase())
+}
