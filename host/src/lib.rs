@@ -5,14 +5,20 @@
 //! - [`manifest`]: the pod manifest (TOML), parsed and validated.
 //! - [`scope`]: allow/deny rules, path judgement, preopens.
 //! - [`plugin`]: the wasmtime runtime that loads tool plugins and runs calls.
+//! - [`history`]: the conversation's items, shared by every layer.
+//! - [`provider`]: LLM clients (Anthropic, OpenAI-compatible, Gemini, scripted).
+//! - [`agent`]: the conversation loop (stream, tool calls, hooks, cancel).
 //! - [`pod_state`]: the per-pod key/value store plugins keep state in.
 //! - [`home`]: where yoi-host keeps its files (`$YOI_HOME`).
 //! - [`cli`]: the `yoi-host` command line.
 #![deny(missing_docs)]
 
+pub mod agent;
 pub mod cli;
+pub mod history;
 pub mod home;
 pub mod manifest;
 pub mod plugin;
 pub mod pod_state;
+pub mod provider;
 pub mod scope;

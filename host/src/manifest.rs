@@ -48,20 +48,83 @@ pub struct PodSection {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ProviderSection {
-    /// Which wire format: `anthropic`, `openai`, `gemini` or `scripted`.
-    pub kind: String,
+    /// Which wire format.
+    pub kind: ProviderKind,
     /// The model name the provider knows.
     pub model: String,
     /// Overrides the provider's default endpoint.
     pub base_url: Option<String>,
     /// Environment variable holding the API key.
     pub api_key_env: Option<String>,
+    /// The script file of the `scripted` provider.
+    pub script: Option<PathBuf>,
+    /// Connection timeout, in milliseconds.
+    #[serde(default = "default_connect_timeout_ms")]
+    pub connect_timeout_ms: u64,
+    /// Longest wait for the first event of a response, in milliseconds.
+    #[serde(default = "default_first_event_timeout_ms")]
+    pub first_event_timeout_ms: u64,
+    /// Longest silence between events, in milliseconds.
+    #[serde(default = "default_idle_timeout_ms")]
+    pub idle_timeout_ms: u64,
+    /// Retries of a transient failure before anything streamed.
+    #[serde(default = "default_max_retries")]
+    pub max_retries: u32,
+    /// Delay before the first retry, in milliseconds (doubles each time).
+    #[serde(default = "default_retry_base_ms")]
+    pub retry_base_ms: u64,
+}
+
+/// The wire formats yoi-host speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProviderKind {
+    /// Anthropic Messages API.
+    Anthropic,
+    /// OpenAI Chat Completions and compatible servers.
+    Openai,
+    /// Google Gemini.
+    Gemini,
+    /// Offline playback of a script.
+    Scripted,
+}
+
+fn default_connect_timeout_ms() -> u64 {
+    10_000
+}
+
+fn default_first_event_timeout_ms() -> u64 {
+    120_000
+}
+
+fn default_idle_timeout_ms() -> u64 {
+    60_000
+}
+
+fn default_max_retries() -> u32 {
+    4
+}
+
+fn default_retry_base_ms() -> u64 {
+    500
 }
 
 /// `[agent]`
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AgentSection {
+    /// The system prompt, inline.
+    pub prompt: Option<String>,
+    /// The system prompt, from a file (relative to the manifest).
+    pub prompt_file: Option<PathBuf>,
+    /// Cap on each response's tokens.
+    #[serde(default = "default_max_tokens")]
+    pub max_tokens: u32,
+    /// Most model requests in one run.
+    #[serde(default = "default_max_turns")]
+    pub max_turns: u32,
+    /// Sampling temperature.
+    pub temperature: Option<f32>,
     /// The byte cap on a tool result's content handed to the model.
     #[serde(default = "default_tool_output_max_bytes")]
     pub tool_output_max_bytes: usize,
@@ -69,8 +132,23 @@ pub struct AgentSection {
 
 impl Default for AgentSection {
     fn default() -> Self {
-        AgentSection { tool_output_max_bytes: default_tool_output_max_bytes() }
+        AgentSection {
+            prompt: None,
+            prompt_file: None,
+            max_tokens: default_max_tokens(),
+            max_turns: default_max_turns(),
+            temperature: None,
+            tool_output_max_bytes: default_tool_output_max_bytes(),
+        }
     }
+}
+
+fn default_max_tokens() -> u32 {
+    8192
+}
+
+fn default_max_turns() -> u32 {
+    50
 }
 
 fn default_tool_output_max_bytes() -> usize {
@@ -167,6 +245,21 @@ impl Manifest {
         }
         if self.agent.tool_output_max_bytes < 256 {
             bail!("key `agent.tool_output_max_bytes`: must be at least 256");
+        }
+        if self.agent.max_tokens == 0 || self.agent.max_turns == 0 {
+            bail!("keys `agent.max_tokens` and `agent.max_turns`: must be at least 1");
+        }
+        if self.agent.temperature.is_some_and(|t| !(0.0..=2.0).contains(&t)) {
+            bail!("key `agent.temperature`: must be between 0 and 2");
+        }
+        if self.agent.prompt.is_some() && self.agent.prompt_file.is_some() {
+            bail!("keys `agent.prompt` and `agent.prompt_file`: give one, not both");
+        }
+        if let Some(p) = &self.provider
+            && p.kind == ProviderKind::Scripted
+            && p.script.is_none()
+        {
+            bail!("key `provider.script`: the scripted provider needs a script file");
         }
         Ok(())
     }

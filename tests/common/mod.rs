@@ -2,6 +2,8 @@
 //! directories holding chosen test components, and hosts that load them.
 #![allow(dead_code)]
 
+pub mod mock_http;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 

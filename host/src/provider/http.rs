@@ -1,0 +1,184 @@
+//! What the HTTP providers share: the client and its timeouts, turning a
+//! non-success status into a [`ProviderError`] that carries the provider's
+//! own message, and a server-sent-events stream that times out when the
+//! server falls silent.
+
+use std::pin::Pin;
+use std::sync::Once;
+use std::time::Duration;
+
+use eventsource_stream::{EventStreamError, Eventsource};
+use futures::{Stream, StreamExt};
+use reqwest::header::HeaderMap;
+
+use super::ProviderError;
+
+/// Timeouts of one provider.
+#[derive(Clone, Copy, Debug)]
+pub struct Timeouts {
+    /// Establishing the connection.
+    pub connect: Duration,
+    /// From sending the request to the first event (the model may think).
+    pub first_event: Duration,
+    /// Longest silence between two events once streaming.
+    pub idle: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            connect: Duration::from_secs(10),
+            first_event: Duration::from_secs(120),
+            idle: Duration::from_secs(60),
+        }
+    }
+}
+
+/// An HTTP client with the provider timeouts.
+pub fn client(timeouts: &Timeouts) -> reqwest::Client {
+    static TLS: Once = Once::new();
+    TLS.call_once(|| {
+        // Another part of the process may have installed one already.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+    reqwest::Client::builder()
+        .connect_timeout(timeouts.connect)
+        .build()
+        .expect("the HTTP client configuration is valid")
+}
+
+/// One server-sent event.
+#[derive(Debug)]
+pub struct SseEvent {
+    /// The `event:` field (empty when absent).
+    pub event: String,
+    /// The `data:` field.
+    pub data: String,
+}
+
+type EventStream =
+    Pin<Box<dyn Stream<Item = Result<eventsource_stream::Event, EventStreamError<reqwest::Error>>> + Send>>;
+
+/// Events of one streaming response.
+pub struct SseStream {
+    provider: &'static str,
+    inner: EventStream,
+    timeouts: Timeouts,
+    first: bool,
+}
+
+impl SseStream {
+    /// The next event; `None` when the server closed the stream.
+    pub async fn next(&mut self) -> Result<Option<SseEvent>, ProviderError> {
+        let limit = if self.first { self.timeouts.first_event } else { self.timeouts.idle };
+        let next = tokio::time::timeout(limit, self.inner.next()).await.map_err(|_| {
+            ProviderError::transient(self.provider, format!("no data from the server for {} s", limit.as_secs()))
+        })?;
+        self.first = false;
+        match next {
+            None => Ok(None),
+            Some(Ok(e)) => Ok(Some(SseEvent { event: e.event, data: e.data })),
+            Some(Err(EventStreamError::Transport(e))) => {
+                Err(ProviderError::transient(self.provider, format!("connection lost mid-response: {e}")))
+            }
+            Some(Err(e)) => Err(ProviderError::fatal(self.provider, format!("malformed event stream: {e}"))),
+        }
+    }
+}
+
+/// POSTs `body` as JSON and returns the event stream of a successful
+/// response, or an error carrying the status and the provider's message.
+pub async fn post_sse(
+    provider: &'static str,
+    client: &reqwest::Client,
+    url: &str,
+    headers: HeaderMap,
+    body: &serde_json::Value,
+    timeouts: &Timeouts,
+) -> Result<SseStream, ProviderError> {
+    let send = client.post(url).headers(headers).json(body).send();
+    let response = match tokio::time::timeout(timeouts.first_event, send).await {
+        Err(_) => {
+            return Err(ProviderError::transient(
+                provider,
+                format!("no response from {url} within {} s", timeouts.first_event.as_secs()),
+            ));
+        }
+        Ok(Err(e)) if e.is_connect() || e.is_timeout() || e.is_request() => {
+            return Err(ProviderError::transient(provider, format!("cannot reach {url}: {}", error_chain(&e))));
+        }
+        Ok(Err(e)) => {
+            return Err(ProviderError::fatal(provider, format!("request to {url} failed: {}", error_chain(&e))));
+        }
+        Ok(Ok(r)) => r,
+    };
+    let status = response.status();
+    if !status.is_success() {
+        let retry_after = response
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .filter(|s| s.is_finite() && *s >= 0.0)
+            .map(Duration::from_secs_f64);
+        let text = response.text().await.unwrap_or_default();
+        let code = status.as_u16();
+        return Err(ProviderError {
+            provider,
+            status: Some(code),
+            message: format!("HTTP {code}: {}", error_message(&text)),
+            retryable: code == 429 || code == 529 || status.is_server_error(),
+            retry_after,
+        });
+    }
+    Ok(SseStream { provider, inner: Box::pin(response.bytes_stream().eventsource()), timeouts: *timeouts, first: true })
+}
+
+/// The message inside an error body, in the shapes the providers use
+/// (`{"error":{"message":..}}`, `[{"error":..}]`, `{"message":..}`), or the
+/// body itself, shortened.
+pub fn error_message(body: &str) -> String {
+    let value: serde_json::Value = match serde_json::from_str(body) {
+        Ok(v) => v,
+        Err(_) => return crate::plugin::truncate(body.trim(), 500),
+    };
+    let value = value.as_array().and_then(|a| a.first()).unwrap_or(&value);
+    let error = value.get("error").unwrap_or(value);
+    let message = error.get("message").and_then(|m| m.as_str());
+    let kind = error.get("type").or_else(|| error.get("status")).and_then(|t| t.as_str());
+    match (kind, message) {
+        (Some(k), Some(m)) => format!("{k}: {m}"),
+        (None, Some(m)) => m.to_string(),
+        _ => crate::plugin::truncate(body.trim(), 500),
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_messages_are_found_in_each_shape() {
+        assert_eq!(
+            error_message(r#"{"type":"error","error":{"type":"invalid_request_error","message":"bad"}}"#),
+            "invalid_request_error: bad"
+        );
+        assert_eq!(
+            error_message(r#"[{"error":{"code":400,"message":"nope","status":"INVALID_ARGUMENT"}}]"#),
+            "INVALID_ARGUMENT: nope"
+        );
+        assert_eq!(error_message(r#"{"error":{"message":"m"}}"#), "m");
+        assert_eq!(error_message("plain text\n"), "plain text");
+    }
+}

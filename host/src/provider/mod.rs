@@ -1,0 +1,352 @@
+//! LLM providers: one [`Provider`] trait, one module per wire format, and the
+//! retry policy they all share.
+//!
+//! A provider turns a [`ModelRequest`] (system text, history, tools) into one
+//! streamed model response: it reports [`Delta`]s to a sink as they arrive
+//! and returns the whole [`ModelResponse`] at the end. It never touches the
+//! history; the agent loop appends the response only once it is complete, so
+//! a failed or cancelled stream leaves nothing half-written.
+//!
+//! Modules: [`anthropic`] (Messages API), [`openai`] (Chat Completions, also
+//! Ollama, vLLM, llama.cpp, LM Studio), [`gemini`] (streamGenerateContent),
+//! [`scripted`] (offline playback for the demo and tests); `http` holds what
+//! the HTTP ones share (client, status handling, SSE with timeouts).
+
+pub mod anthropic;
+pub mod gemini;
+mod http;
+pub mod openai;
+pub mod scripted;
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::bail;
+use serde::{Deserialize, Serialize};
+
+use crate::history::Item;
+use crate::manifest::{ProviderKind, ProviderSection};
+use crate::plugin::ToolInfo;
+
+/// Builds the provider a manifest asks for. API keys come from `env`
+/// (the process environment in production); a missing key is an error that
+/// names the variable. `base` resolves a relative script path; `cwd` is the
+/// pod's working directory (for the scripted provider's `${cwd}`).
+pub fn from_manifest(
+    section: &ProviderSection,
+    base: &Path,
+    cwd: &Path,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> anyhow::Result<Box<dyn Provider>> {
+    let timeouts = http::Timeouts {
+        connect: Duration::from_millis(section.connect_timeout_ms),
+        first_event: Duration::from_millis(section.first_event_timeout_ms),
+        idle: Duration::from_millis(section.idle_timeout_ms),
+    };
+    let base_url = section.base_url.as_deref();
+    let key = |default_var: &str, required: bool| -> anyhow::Result<Option<String>> {
+        let var = section.api_key_env.as_deref().unwrap_or(default_var);
+        match env(var).filter(|k| !k.is_empty()) {
+            Some(k) => Ok(Some(k)),
+            None if required || section.api_key_env.is_some() => {
+                bail!("the {:?} provider needs an API key: set the environment variable {var}", section.kind)
+            }
+            None => Ok(None),
+        }
+    };
+    Ok(match section.kind {
+        ProviderKind::Anthropic => {
+            let key = key("ANTHROPIC_API_KEY", true)?.unwrap_or_default();
+            Box::new(anthropic::Anthropic::new(&section.model, base_url, key, timeouts))
+        }
+        ProviderKind::Openai => {
+            // A local OpenAI-compatible server usually needs no key.
+            let key = key("OPENAI_API_KEY", base_url.is_none())?;
+            Box::new(openai::OpenAi::new(&section.model, base_url, key, timeouts))
+        }
+        ProviderKind::Gemini => {
+            let key = key("GEMINI_API_KEY", true)?.unwrap_or_default();
+            Box::new(gemini::Gemini::new(&section.model, base_url, key, timeouts))
+        }
+        ProviderKind::Scripted => {
+            let Some(script) = &section.script else { bail!("key `provider.script`: missing") };
+            Box::new(scripted::Scripted::load(&section.model, &base.join(script), cwd)?)
+        }
+    })
+}
+
+/// The retry policy a manifest asks for.
+pub fn retry_policy(section: &ProviderSection) -> RetryPolicy {
+    RetryPolicy {
+        max_retries: section.max_retries,
+        base_delay: Duration::from_millis(section.retry_base_ms),
+        ..RetryPolicy::default()
+    }
+}
+
+/// Everything one model request needs.
+#[derive(Clone, Debug)]
+pub struct ModelRequest {
+    /// System prompt, with this request's transient notes appended.
+    pub system: String,
+    /// The conversation so far.
+    pub items: Vec<Item>,
+    /// Tools the model may call.
+    pub tools: Vec<ToolInfo>,
+    /// Cap on the response's tokens.
+    pub max_tokens: u32,
+    /// Sampling temperature, if set.
+    pub temperature: Option<f32>,
+}
+
+/// A piece of a response, reported while it streams.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Delta {
+    /// More assistant text.
+    Text(String),
+    /// A tool call begins (its index in this response, id, name).
+    ToolCallStart {
+        /// Position among this response's tool calls.
+        index: usize,
+        /// The call's id.
+        id: String,
+        /// The tool's name.
+        name: String,
+    },
+    /// More of a tool call's argument JSON.
+    ToolCallArgs {
+        /// Position among this response's tool calls.
+        index: usize,
+        /// The fragment.
+        fragment: String,
+    },
+}
+
+/// A tool call as the model produced it; `arguments` is raw JSON text.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RawToolCall {
+    /// The call's id.
+    pub id: String,
+    /// The tool's name.
+    pub name: String,
+    /// The argument JSON exactly as streamed (possibly empty or invalid).
+    pub arguments: String,
+}
+
+/// Why the model stopped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StopReason {
+    /// It finished its turn.
+    EndTurn,
+    /// It wants tool results.
+    ToolUse,
+    /// It hit `max_tokens`.
+    MaxTokens,
+    /// Anything else the provider reported.
+    Other,
+}
+
+/// Token counts of one request.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Usage {
+    /// Input tokens (including cached ones).
+    pub input_tokens: u64,
+    /// Output tokens.
+    pub output_tokens: u64,
+    /// Input tokens read from the provider's prompt cache.
+    pub cache_read_tokens: u64,
+    /// Input tokens written to the provider's prompt cache.
+    pub cache_creation_tokens: u64,
+}
+
+/// A whole model response.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ModelResponse {
+    /// All assistant text, in order.
+    pub text: String,
+    /// The tool calls, in order.
+    pub tool_calls: Vec<RawToolCall>,
+    /// Why it stopped.
+    pub stop: StopReason,
+    /// Token counts.
+    pub usage: Usage,
+}
+
+/// A provider failure, with what the retry policy needs to know.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{provider}: {message}")]
+pub struct ProviderError {
+    /// Which provider (`anthropic`, `openai`, ...).
+    pub provider: &'static str,
+    /// HTTP status, when there was one.
+    pub status: Option<u16>,
+    /// The provider's own message, or what went wrong on the way.
+    pub message: String,
+    /// Whether trying again may help (429, 5xx, overloaded, connection
+    /// reset) — honoured only while nothing has streamed yet.
+    pub retryable: bool,
+    /// The server's `retry-after`, if it sent one.
+    pub retry_after: Option<Duration>,
+}
+
+impl ProviderError {
+    /// A failure that retrying will not fix.
+    pub fn fatal(provider: &'static str, message: impl Into<String>) -> ProviderError {
+        ProviderError { provider, status: None, message: message.into(), retryable: false, retry_after: None }
+    }
+
+    /// A failure that may pass.
+    pub fn transient(provider: &'static str, message: impl Into<String>) -> ProviderError {
+        ProviderError { retryable: true, ..ProviderError::fatal(provider, message) }
+    }
+}
+
+/// Where deltas go while a response streams.
+pub type DeltaSink<'a> = dyn FnMut(Delta) + Send + 'a;
+
+/// A model behind some wire format.
+#[async_trait::async_trait]
+pub trait Provider: Send + Sync {
+    /// The provider's name, for messages.
+    fn name(&self) -> &'static str;
+
+    /// The model's name.
+    fn model(&self) -> &str;
+
+    /// One attempt at one response, reporting deltas to `sink` as they
+    /// arrive. Retrying is [`stream_with_retries`]'s job.
+    async fn stream(&self, request: &ModelRequest, sink: &mut DeltaSink<'_>) -> Result<ModelResponse, ProviderError>;
+}
+
+/// How often and how patiently a transient failure is retried.
+#[derive(Clone, Copy, Debug)]
+pub struct RetryPolicy {
+    /// Retries after the first attempt.
+    pub max_retries: u32,
+    /// Delay before the first retry; doubled each time, with ±25 % jitter.
+    pub base_delay: Duration,
+    /// Longest delay between attempts (also caps `retry-after`).
+    pub max_delay: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy { max_retries: 4, base_delay: Duration::from_millis(500), max_delay: Duration::from_secs(30) }
+    }
+}
+
+impl RetryPolicy {
+    /// The wait before retry number `attempt` (0-based).
+    pub fn delay(&self, attempt: u32, retry_after: Option<Duration>) -> Duration {
+        if let Some(after) = retry_after {
+            return after.min(self.max_delay);
+        }
+        let exp = self.base_delay.saturating_mul(2u32.saturating_pow(attempt)).min(self.max_delay);
+        let jitter = 0.75 + fastrand::f64() * 0.5;
+        exp.mul_f64(jitter).min(self.max_delay)
+    }
+}
+
+/// Streams one response, retrying transient failures that happen before
+/// anything has streamed (a failure after the first delta is final: the
+/// client has already seen part of the answer).
+pub async fn stream_with_retries(
+    provider: &dyn Provider,
+    request: &ModelRequest,
+    policy: &RetryPolicy,
+    sink: &mut DeltaSink<'_>,
+) -> Result<ModelResponse, ProviderError> {
+    let mut attempt = 0;
+    loop {
+        let mut streamed = false;
+        let result = {
+            let mut tracking = |d: Delta| {
+                streamed = true;
+                sink(d)
+            };
+            provider.stream(request, &mut tracking).await
+        };
+        match result {
+            Err(e) if e.retryable && !streamed && attempt < policy.max_retries => {
+                let wait = policy.delay(attempt, e.retry_after);
+                tracing::warn!(provider = provider.name(), attempt, ?wait, "retrying after: {}", e.message);
+                tokio::time::sleep(wait).await;
+                attempt += 1;
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Accumulates streamed tool calls by index, for providers that stream
+/// them in pieces.
+#[derive(Default)]
+pub(crate) struct CallAssembler {
+    calls: Vec<RawToolCall>,
+}
+
+impl CallAssembler {
+    /// A call starts at `index`.
+    pub fn start(&mut self, index: usize, id: String, name: String, sink: &mut DeltaSink<'_>) {
+        while self.calls.len() <= index {
+            self.calls.push(RawToolCall { id: String::new(), name: String::new(), arguments: String::new() });
+        }
+        sink(Delta::ToolCallStart { index, id: id.clone(), name: name.clone() });
+        self.calls[index].id = id;
+        self.calls[index].name = name;
+    }
+
+    /// More argument text for the call at `index`.
+    pub fn args(&mut self, index: usize, fragment: &str, sink: &mut DeltaSink<'_>) {
+        if fragment.is_empty() {
+            return;
+        }
+        if let Some(call) = self.calls.get_mut(index) {
+            call.arguments.push_str(fragment);
+            sink(Delta::ToolCallArgs { index, fragment: fragment.to_string() });
+        }
+    }
+
+    /// Whether a call at `index` has started.
+    pub fn has(&self, index: usize) -> bool {
+        self.calls.get(index).is_some_and(|c| !c.name.is_empty())
+    }
+
+    /// The finished calls.
+    pub fn finish(self) -> Vec<RawToolCall> {
+        self.calls.into_iter().filter(|c| !c.name.is_empty()).collect()
+    }
+}
+
+/// The system text of a request: the pod's prompt plus transient notes.
+pub fn system_with_notes(system: &str, notes: &[String]) -> String {
+    if notes.is_empty() {
+        return system.to_string();
+    }
+    let mut text = system.to_string();
+    for note in notes {
+        text.push_str("\n\n<system-note>\n");
+        text.push_str(note);
+        text.push_str("\n</system-note>");
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn delays_grow_and_respect_retry_after_and_the_cap() {
+        let p =
+            RetryPolicy { max_retries: 5, base_delay: Duration::from_millis(100), max_delay: Duration::from_secs(1) };
+        let d0 = p.delay(0, None);
+        assert!(d0 >= Duration::from_millis(75) && d0 <= Duration::from_millis(125), "{d0:?}");
+        let d2 = p.delay(2, None);
+        assert!(d2 >= Duration::from_millis(300) && d2 <= Duration::from_millis(500), "{d2:?}");
+        assert!(p.delay(10, None) <= Duration::from_secs(1));
+        assert_eq!(p.delay(0, Some(Duration::from_secs(3))), Duration::from_secs(1));
+        assert_eq!(p.delay(0, Some(Duration::from_millis(200))), Duration::from_millis(200));
+    }
+}
