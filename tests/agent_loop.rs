@@ -272,7 +272,7 @@ impl Hooks for TestHooks {
         self.requests += 1;
         if self.requests == 1 { vec!["child pod finished".into()] } else { vec![] }
     }
-    async fn before_tool_call(&mut self, name: &str, _arguments: &Map<String, Value>) -> ToolDecision {
+    async fn before_tool_call(&mut self, _id: &str, name: &str, _arguments: &Map<String, Value>) -> ToolDecision {
         match name {
             "Write" => ToolDecision::Deny("writes are off today".into()),
             n if Some(n) == self.pause_on.as_deref() => ToolDecision::Pause,

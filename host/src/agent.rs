@@ -112,6 +112,8 @@ pub enum Outcome {
     LimitReached,
     /// The run was cancelled.
     Cancelled,
+    /// The run stopped on an error (reported in an `error` event before).
+    Failed,
 }
 
 /// What a hook decides about one tool call.
@@ -134,8 +136,8 @@ pub trait Hooks: Send {
         Vec::new()
     }
 
-    /// Before each tool call.
-    async fn before_tool_call(&mut self, _name: &str, _arguments: &Map<String, Value>) -> ToolDecision {
+    /// Before each tool call (`id` is the call's id).
+    async fn before_tool_call(&mut self, _id: &str, _name: &str, _arguments: &Map<String, Value>) -> ToolDecision {
         ToolDecision::Allow
     }
 
@@ -302,7 +304,7 @@ impl Agent<'_> {
                 results[i] = Some(Err(ToolError::new(ToolErrorKind::InvalidInput, problem.clone())));
                 continue;
             }
-            match hooks.before_tool_call(name, arguments).await {
+            match hooks.before_tool_call(id, name, arguments).await {
                 ToolDecision::Allow => allowed.push(i),
                 ToolDecision::Deny(reason) => {
                     results[i] = Some(Err(ToolError::new(ToolErrorKind::PermissionDenied, reason)));

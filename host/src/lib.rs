@@ -8,6 +8,9 @@
 //! - [`history`]: the conversation's items, shared by every layer.
 //! - [`provider`]: LLM clients (Anthropic, OpenAI-compatible, Gemini, scripted).
 //! - [`agent`]: the conversation loop (stream, tool calls, hooks, cancel).
+//! - [`protocol`]: the pod socket's JSON-lines wire types.
+//! - [`session`]: the append-only session log.
+//! - [`pod`]: a pod's controller, socket server, runtime directory, compaction.
 //! - [`pod_state`]: the per-pod key/value store plugins keep state in.
 //! - [`home`]: where yoi-host keeps its files (`$YOI_HOME`).
 //! - [`cli`]: the `yoi-host` command line.
@@ -19,6 +22,9 @@ pub mod history;
 pub mod home;
 pub mod manifest;
 pub mod plugin;
+pub mod pod;
 pub mod pod_state;
+pub mod protocol;
 pub mod provider;
 pub mod scope;
+pub mod session;

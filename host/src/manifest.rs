@@ -32,6 +32,35 @@ pub struct Manifest {
     /// `[limits]` for every plugin call.
     #[serde(default)]
     pub limits: LimitsSection,
+    /// `[compaction]`
+    #[serde(default)]
+    pub compaction: CompactionSection,
+}
+
+/// `[compaction]`
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CompactionSection {
+    /// Compact when the last request's input tokens exceed this.
+    #[serde(default = "default_threshold_tokens")]
+    pub threshold_tokens: u64,
+    /// User turns kept verbatim.
+    #[serde(default = "default_keep_turns")]
+    pub keep_turns: usize,
+}
+
+impl Default for CompactionSection {
+    fn default() -> Self {
+        CompactionSection { threshold_tokens: default_threshold_tokens(), keep_turns: default_keep_turns() }
+    }
+}
+
+fn default_threshold_tokens() -> u64 {
+    150_000
+}
+
+fn default_keep_turns() -> usize {
+    2
 }
 
 /// `[pod]`
@@ -128,6 +157,9 @@ pub struct AgentSection {
     /// The byte cap on a tool result's content handed to the model.
     #[serde(default = "default_tool_output_max_bytes")]
     pub tool_output_max_bytes: usize,
+    /// Tools whose calls pause the run until a client sends `resume`.
+    #[serde(default)]
+    pub pause_before: Vec<String>,
 }
 
 impl Default for AgentSection {
@@ -139,6 +171,7 @@ impl Default for AgentSection {
             max_turns: default_max_turns(),
             temperature: None,
             tool_output_max_bytes: default_tool_output_max_bytes(),
+            pause_before: Vec::new(),
         }
     }
 }
@@ -245,6 +278,9 @@ impl Manifest {
         }
         if self.agent.tool_output_max_bytes < 256 {
             bail!("key `agent.tool_output_max_bytes`: must be at least 256");
+        }
+        if self.compaction.keep_turns == 0 {
+            bail!("key `compaction.keep_turns`: must be at least 1");
         }
         if self.agent.max_tokens == 0 || self.agent.max_turns == 0 {
             bail!("keys `agent.max_tokens` and `agent.max_turns`: must be at least 1");

@@ -1,9 +1,14 @@
 //! The `yoi-host` command line.
 //!
-//! Exit codes: 0 success; 1 the tool call failed (the error is printed as
-//! JSON on stdout); 2 setup error (bad arguments, bad manifest, missing
-//! directory), printed as `yoi-host: ...` on stderr. A closed stdout (broken
-//! pipe) counts as success.
+//! Exit codes: 0 success; 1 the tool call or the run failed; 2 setup error
+//! (bad arguments, bad manifest, missing directory, pod not running),
+//! printed as `yoi-host: ...` on stderr; 3 a run hit `max_turns`; 4 a run
+//! paused; 130 a run was cancelled. A closed stdout (broken pipe) counts as
+//! success.
+
+mod client;
+mod pods;
+mod render;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -34,6 +39,43 @@ enum Command {
     /// Run tools directly, without a model.
     #[command(subcommand)]
     Tool(ToolCommand),
+    /// Start a pod from its manifest and serve its socket.
+    Run(pods::RunArgs),
+    /// Run a message in a running pod and stream the answer.
+    Send {
+        /// The pod's name.
+        pod: String,
+        /// The message.
+        text: String,
+        /// Print raw JSON events.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Talk to a running pod interactively.
+    Attach {
+        /// The pod's name.
+        pod: String,
+    },
+    /// Print a running pod's history.
+    History {
+        /// The pod's name.
+        pod: String,
+        /// Print the raw `history` event.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Cancel a pod's current run.
+    Cancel {
+        /// The pod's name.
+        pod: String,
+    },
+    /// Shut a pod down.
+    Stop {
+        /// The pod's name.
+        pod: String,
+    },
+    /// List the pods on this machine.
+    Ps,
 }
 
 #[derive(Subcommand, Debug)]
@@ -66,7 +108,7 @@ enum ToolCommand {
 }
 
 #[derive(Args, Debug)]
-struct PluginDirs {
+pub(crate) struct PluginDirs {
     /// A directory of third-party plugins (`*.wasm`), in addition to the
     /// builtin ones. May be given more than once.
     #[arg(long = "plugins", value_name = "DIR")]
@@ -114,10 +156,17 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Tool(ToolCommand::Call { plugins, manifest, tool, input }) => {
             tool_call(&plugins, &manifest, &tool, &input).await
         }
+        Command::Run(args) => pods::run(args).await,
+        Command::Send { pod, text, json } => pods::send(&pod, text, json).await,
+        Command::Attach { pod } => pods::attach(&pod).await,
+        Command::History { pod, json } => pods::history(&pod, json).await,
+        Command::Cancel { pod } => pods::cancel(&pod).await,
+        Command::Stop { pod } => pods::stop(&pod).await,
+        Command::Ps => pods::ps(),
     }
 }
 
-async fn plugin_host(dirs: &PluginDirs) -> anyhow::Result<PluginHost> {
+pub(crate) async fn plugin_host(dirs: &PluginDirs) -> anyhow::Result<PluginHost> {
     for dir in &dirs.dirs {
         if !dir.is_dir() {
             anyhow::bail!("--plugins {}: not a directory", dir.display());

@@ -1,0 +1,258 @@
+//! The session log: one append-only JSON-lines file per session under
+//! `$YOI_HOME/sessions/`, written as things happen so that a crash loses at
+//! most the line being written.
+//!
+//! Line kinds (`"kind"` field): `meta` (first line: pod name, creation time,
+//! the session it continues, if any), `item` (one history item), `usage`,
+//! `turn_end`, `run_end`. Each line is written whole and flushed to the OS
+//! at once. On load a torn last line (from `kill -9` mid-write) is dropped;
+//! a bad line elsewhere is an error naming it.
+//!
+//! [`SessionStore`] is the small interface the pod uses, so that a shared
+//! store can stand in for local files later.
+
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, bail};
+use serde::{Deserialize, Serialize};
+
+use crate::agent::Outcome;
+use crate::history::Item;
+use crate::provider::Usage;
+
+/// One line of a session log.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Entry {
+    /// The first line.
+    Meta {
+        /// The pod's name.
+        pod: String,
+        /// Seconds since the Unix epoch.
+        created: u64,
+        /// The session this one continues (after compaction), if any.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        continues: Option<String>,
+    },
+    /// A history item.
+    Item {
+        /// The item.
+        item: Item,
+    },
+    /// Token counts of one request.
+    Usage {
+        /// The counts.
+        #[serde(flatten)]
+        usage: Usage,
+    },
+    /// A turn ended.
+    TurnEnd {
+        /// The turn within its run.
+        turn: u32,
+    },
+    /// A run ended.
+    RunEnd {
+        /// How.
+        outcome: Outcome,
+    },
+}
+
+/// What a session log holds, read back.
+#[derive(Clone, Debug, Default)]
+pub struct Loaded {
+    /// The pod it belongs to.
+    pub pod: String,
+    /// The session it continues.
+    pub continues: Option<String>,
+    /// The history, rebuilt from its items.
+    pub items: Vec<Item>,
+    /// The last usage record.
+    pub last_usage: Option<Usage>,
+    /// Whether a torn last line was dropped.
+    pub dropped_torn_line: bool,
+}
+
+/// Where sessions live.
+#[derive(Clone, Debug)]
+pub struct SessionStore {
+    dir: PathBuf,
+}
+
+impl SessionStore {
+    /// Sessions in `dir` (created on first use, mode 0700).
+    pub fn new(dir: impl Into<PathBuf>) -> SessionStore {
+        SessionStore { dir: dir.into() }
+    }
+
+    fn path(&self, id: &str) -> PathBuf {
+        self.dir.join(format!("{id}.jsonl"))
+    }
+
+    /// Starts a new session for `pod`.
+    pub fn create(&self, pod: &str, continues: Option<&str>) -> anyhow::Result<SessionWriter> {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&self.dir)
+            .with_context(|| format!("cannot create the sessions directory {}", self.dir.display()))?;
+        let created = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+        let id = format!("{pod}-{created}-{:08x}", nanos ^ fastrand::u32(..));
+        let path = self.path(&id);
+        let file = OpenOptions::new()
+            .create_new(true)
+            .append(true)
+            .open(&path)
+            .with_context(|| format!("cannot create the session log {}", path.display()))?;
+        let mut writer = SessionWriter { id, path, file };
+        writer.append(&Entry::Meta { pod: pod.to_string(), created, continues: continues.map(str::to_string) })?;
+        Ok(writer)
+    }
+
+    /// Reopens session `id` to append to it.
+    pub fn reopen(&self, id: &str) -> anyhow::Result<SessionWriter> {
+        let path = self.path(id);
+        let file = OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .with_context(|| format!("cannot open the session log {}", path.display()))?;
+        Ok(SessionWriter { id: id.to_string(), path, file })
+    }
+
+    /// Resolves `latest` (the newest session of `pod`) or checks that `id` exists.
+    pub fn resolve(&self, id_or_latest: &str, pod: &str) -> anyhow::Result<String> {
+        if id_or_latest != "latest" {
+            if id_or_latest.contains('/') || !self.path(id_or_latest).exists() {
+                bail!("no session {id_or_latest:?} in {}", self.dir.display());
+            }
+            return Ok(id_or_latest.to_string());
+        }
+        let prefix = format!("{pod}-");
+        let mut newest: Option<(SystemTime, String)> = None;
+        for entry in std::fs::read_dir(&self.dir).into_iter().flatten().flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Some(id) = name.strip_suffix(".jsonl") else { continue };
+            if !id.starts_with(&prefix) {
+                continue;
+            }
+            let modified = entry.metadata().and_then(|m| m.modified()).unwrap_or(UNIX_EPOCH);
+            if newest.as_ref().is_none_or(|(t, _)| modified > *t) {
+                newest = Some((modified, id.to_string()));
+            }
+        }
+        newest.map(|(_, id)| id).ok_or_else(|| anyhow::anyhow!("pod {pod:?} has no sessions in {}", self.dir.display()))
+    }
+
+    /// Reads session `id` back.
+    pub fn load(&self, id: &str) -> anyhow::Result<Loaded> {
+        let path = self.path(id);
+        let file = File::open(&path).with_context(|| format!("cannot open the session log {}", path.display()))?;
+        let lines: Vec<String> = BufReader::new(file)
+            .lines()
+            .collect::<Result<_, _>>()
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        let mut loaded = Loaded::default();
+        let count = lines.len();
+        for (n, line) in lines.iter().enumerate() {
+            if line.trim().is_empty() {
+                continue;
+            }
+            let entry = match serde_json::from_str::<Entry>(line) {
+                Ok(e) => e,
+                Err(_) if n + 1 == count => {
+                    loaded.dropped_torn_line = true;
+                    break;
+                }
+                Err(e) => bail!("{}: line {} is not a session entry: {e}", path.display(), n + 1),
+            };
+            match entry {
+                Entry::Meta { pod, continues, .. } => {
+                    loaded.pod = pod;
+                    loaded.continues = continues;
+                }
+                Entry::Item { item } => loaded.items.push(item),
+                Entry::Usage { usage } => loaded.last_usage = Some(usage),
+                Entry::TurnEnd { .. } | Entry::RunEnd { .. } => {}
+            }
+        }
+        Ok(loaded)
+    }
+}
+
+/// Appends to one session log.
+pub struct SessionWriter {
+    id: String,
+    path: PathBuf,
+    file: File,
+}
+
+impl SessionWriter {
+    /// The session's id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The log file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Appends one entry as one line and hands it to the OS.
+    pub fn append(&mut self, entry: &Entry) -> anyhow::Result<()> {
+        let mut line = serde_json::to_vec(entry)?;
+        line.push(b'\n');
+        // One write call per line: a crash leaves at most this line torn.
+        self.file.write_all(&line).with_context(|| format!("cannot append to {}", self.path.display()))?;
+        self.file.flush()?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_session_round_trips_and_a_torn_line_is_dropped() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = SessionStore::new(tmp.path().join("sessions"));
+        let mut w = store.create("coder", None).unwrap();
+        w.append(&Entry::Item { item: Item::User { text: "hi".into() } }).unwrap();
+        w.append(&Entry::Usage { usage: Usage { input_tokens: 7, ..Usage::default() } }).unwrap();
+        w.append(&Entry::RunEnd { outcome: Outcome::Finished }).unwrap();
+        let id = w.id().to_string();
+        drop(w);
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(store.path(&id))
+            .unwrap()
+            .write_all(b"{\"kind\":\"item\",\"it")
+            .unwrap();
+
+        let loaded = store.load(&id).unwrap();
+        assert_eq!(loaded.pod, "coder");
+        assert_eq!(loaded.items, vec![Item::User { text: "hi".into() }]);
+        assert_eq!(loaded.last_usage.unwrap().input_tokens, 7);
+        assert!(loaded.dropped_torn_line);
+        assert_eq!(store.resolve("latest", "coder").unwrap(), id);
+        assert!(store.resolve("latest", "other").is_err());
+        assert!(store.resolve("../etc/passwd", "coder").is_err());
+    }
+
+    #[test]
+    fn a_bad_line_in_the_middle_is_an_error() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = SessionStore::new(tmp.path());
+        let w = store.create("p", None).unwrap();
+        let id = w.id().to_string();
+        drop(w);
+        let mut f = std::fs::OpenOptions::new().append(true).open(store.path(&id)).unwrap();
+        f.write_all(b"garbage\n{\"kind\":\"turn_end\",\"turn\":1}\n").unwrap();
+        let err = store.load(&id).unwrap_err();
+        assert!(err.to_string().contains("line 2"), "{err}");
+    }
+}
