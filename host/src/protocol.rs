@@ -64,6 +64,68 @@ pub fn parse_request(line: &str) -> Result<Request, (Option<Value>, String)> {
     Ok(Request { id, method })
 }
 
+/// Reads request lines of at most [`MAX_LINE_BYTES`]; a longer line is
+/// skipped to its end and reported, and reading goes on. Partial lines are
+/// kept in the reader, so `next` may be cancelled (e.g. in `select!`)
+/// without losing input.
+pub struct LineReader<R> {
+    reader: R,
+    line: Vec<u8>,
+    too_long: bool,
+}
+
+/// One line from a [`LineReader`].
+#[derive(Debug, PartialEq, Eq)]
+pub enum Line {
+    /// A complete line (invalid UTF-8 replaced).
+    Text(String),
+    /// A line longer than the limit, discarded.
+    TooLong,
+}
+
+impl<R: tokio::io::AsyncBufRead + Unpin> LineReader<R> {
+    /// Reads lines from `reader`.
+    pub fn new(reader: R) -> LineReader<R> {
+        LineReader { reader, line: Vec::new(), too_long: false }
+    }
+
+    /// The next line, or `None` at the end of the stream.
+    pub async fn next(&mut self) -> std::io::Result<Option<Line>> {
+        use tokio::io::AsyncBufReadExt;
+        loop {
+            let buf = self.reader.fill_buf().await?;
+            if buf.is_empty() {
+                return Ok(self.take().filter(|l| *l != Line::Text(String::new())));
+            }
+            let (chunk, complete) = match buf.iter().position(|&b| b == b'\n') {
+                Some(pos) => (&buf[..pos], Some(pos + 1)),
+                None => (buf, None),
+            };
+            if !self.too_long {
+                self.line.extend_from_slice(chunk);
+                if self.line.len() > MAX_LINE_BYTES {
+                    self.too_long = true;
+                    self.line = Vec::new();
+                }
+            }
+            let used = complete.unwrap_or(buf.len());
+            self.reader.consume(used);
+            if complete.is_some() {
+                return Ok(self.take());
+            }
+        }
+    }
+
+    fn take(&mut self) -> Option<Line> {
+        let line = if std::mem::take(&mut self.too_long) {
+            Line::TooLong
+        } else {
+            Line::Text(String::from_utf8_lossy(&std::mem::take(&mut self.line)).into_owned())
+        };
+        Some(line)
+    }
+}
+
 /// Error codes of `error` events.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -197,6 +259,18 @@ mod tests {
         assert!(parse_request("[1]").is_err());
         assert!(parse_request(r#"{"method":"run"}"#).unwrap_err().1.contains("input"));
         assert!(parse_request(r#"{"method":"cancel","extra":1}"#).is_err());
+    }
+
+    #[tokio::test]
+    async fn long_lines_are_skipped_and_reading_goes_on() {
+        let mut input = b"{\"a\":1}\n".to_vec();
+        input.extend(std::iter::repeat_n(b'x', MAX_LINE_BYTES + 10));
+        input.extend(b"\nlast");
+        let mut reader = LineReader::new(tokio::io::BufReader::with_capacity(4096, &input[..]));
+        assert_eq!(reader.next().await.unwrap(), Some(Line::Text("{\"a\":1}".into())));
+        assert_eq!(reader.next().await.unwrap(), Some(Line::TooLong));
+        assert_eq!(reader.next().await.unwrap(), Some(Line::Text("last".into())));
+        assert_eq!(reader.next().await.unwrap(), None);
     }
 
     #[test]

@@ -88,6 +88,8 @@ pub struct Shared {
     history: Mutex<Vec<Item>>,
     session: Mutex<SessionWriter>,
     notes: Mutex<Vec<String>>,
+    /// Usage of the pod's last model request, across runs.
+    last_usage: Mutex<Option<Usage>>,
     state: Mutex<State>,
     pod_context: Arc<PodContext>,
     greeting: Greeting,
@@ -228,6 +230,7 @@ pub async fn start(spec: PodSpec) -> anyhow::Result<PodHandle> {
     let manifest = &spec.manifest;
     let name = manifest.manifest.pod.name.clone();
     let runtime = RuntimeDir::claim(&spec.runtime_root, &name)?;
+    let mut last_usage = None;
     let (history, session) = match &spec.resume {
         Some(id) => {
             let loaded = spec.sessions.load(id)?;
@@ -235,6 +238,7 @@ pub async fn start(spec: PodSpec) -> anyhow::Result<PodHandle> {
                 anyhow::bail!("session {id} belongs to pod {:?}, not {name:?}", loaded.pod);
             }
             let mut items = loaded.items;
+            last_usage = loaded.last_usage;
             let writer = spec.sessions.reopen(id)?;
             // A crash mid-tool-call leaves calls without results: answer them.
             let mut shared_writer = writer;
@@ -282,6 +286,7 @@ pub async fn start(spec: PodSpec) -> anyhow::Result<PodHandle> {
         history: Mutex::new(history),
         session: Mutex::new(session),
         notes: Mutex::new(Vec::new()),
+        last_usage: Mutex::new(last_usage),
         state: Mutex::new(State::Idle),
         pod_context,
         greeting,
@@ -381,7 +386,8 @@ impl Controller {
                                 }
                             }
                             State::Paused => {
-                                for (id, name, _) in pending_calls(&self.shared.history.lock().unwrap().clone()) {
+                                let pending = pending_calls(&self.shared.history.lock().unwrap());
+                                for (id, name, _) in pending {
                                     let content = "cancelled: the paused run was cancelled".to_string();
                                     self.shared.append(Item::ToolResult { id, name, content, is_error: true });
                                 }
@@ -480,7 +486,10 @@ impl Controller {
                 Event::ItemAppended { item } => sink_shared.append(item),
                 other => {
                     match &other {
-                        Event::Usage { usage } => sink_shared.log(&Entry::Usage { usage: *usage }),
+                        Event::Usage { usage } => {
+                            *sink_shared.last_usage.lock().unwrap() = Some(*usage);
+                            sink_shared.log(&Entry::Usage { usage: *usage });
+                        }
                         Event::TurnEnd { turn, .. } => sink_shared.log(&Entry::TurnEnd { turn: *turn }),
                         _ => {}
                     }
@@ -509,7 +518,8 @@ struct PodHooks {
 }
 
 impl PodHooks {
-    async fn maybe_compact(&mut self, items: &mut Vec<Item>, last_usage: Option<Usage>) {
+    async fn maybe_compact(&mut self, items: &mut Vec<Item>) {
+        let last_usage = *self.shared.last_usage.lock().unwrap();
         let over = last_usage.is_some_and(|u| u.input_tokens > self.compaction.threshold_tokens);
         if !over || self.compacted_this_run {
             return;
@@ -545,6 +555,8 @@ impl PodHooks {
         let dropped = items.len() + 1 - compacted.len();
         *self.shared.session.lock().unwrap() = writer;
         *self.shared.history.lock().unwrap() = compacted.clone();
+        // The old count described the old context; the next request measures anew.
+        *self.shared.last_usage.lock().unwrap() = None;
         *items = compacted;
         let message = format!("compacted {dropped} older items into a summary; session {old_id} continues as {new_id}");
         self.shared.broadcast(PodEvent::Notification { message });
@@ -553,8 +565,8 @@ impl PodHooks {
 
 #[async_trait::async_trait]
 impl Hooks for PodHooks {
-    async fn before_request(&mut self, items: &mut Vec<Item>, last_usage: Option<Usage>) -> Vec<String> {
-        self.maybe_compact(items, last_usage).await;
+    async fn before_request(&mut self, items: &mut Vec<Item>, _last_usage: Option<Usage>) -> Vec<String> {
+        self.maybe_compact(items).await;
         std::mem::take(&mut *self.shared.notes.lock().unwrap())
     }
 

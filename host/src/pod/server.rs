@@ -14,14 +14,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use futures::StreamExt;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{broadcast, mpsc};
-use tokio_util::codec::{FramedRead, LinesCodec, LinesCodecError};
 
 use super::{Command, Shared};
-use crate::protocol::{ErrorCode, MAX_LINE_BYTES, WireEvent, error, parse_request};
+use crate::protocol::{ErrorCode, Line, LineReader, MAX_LINE_BYTES, WireEvent, error, parse_request};
 
 /// Longest a single write to a client may take.
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -61,18 +59,18 @@ async fn write(stream: &mut tokio::net::unix::OwnedWriteHalf, event: &WireEvent)
 /// Serves one client until it leaves, the pod shuts down, or it is too slow.
 async fn connection(stream: UnixStream, commands: mpsc::Sender<Command>, mut events: broadcast::Receiver<WireEvent>) {
     let (read, mut writer) = stream.into_split();
-    let mut lines = FramedRead::new(read, LinesCodec::new_with_max_length(MAX_LINE_BYTES));
+    let mut lines = LineReader::new(BufReader::new(read));
     let (reply, mut replies) = mpsc::channel::<WireEvent>(64);
     loop {
         tokio::select! {
             line = lines.next() => match line {
-                None | Some(Err(LinesCodecError::Io(_))) => return,
-                Some(Err(LinesCodecError::MaxLineLengthExceeded)) => {
+                Ok(None) | Err(_) => return,
+                Ok(Some(Line::TooLong)) => {
                     let e = error(ErrorCode::InvalidRequest, format!("request line longer than {MAX_LINE_BYTES} bytes"), None);
                     if write(&mut writer, &e).await.is_err() { return; }
                 }
-                Some(Ok(line)) if line.trim().is_empty() => {}
-                Some(Ok(line)) => match parse_request(&line) {
+                Ok(Some(Line::Text(line))) if line.trim().is_empty() => {}
+                Ok(Some(Line::Text(line))) => match parse_request(&line) {
                     Ok(request) => {
                         if commands.send(Command::Request { request, reply: reply.clone() }).await.is_err() {
                             return;
