@@ -284,7 +284,6 @@ async fn a_slow_client_is_dropped_without_stalling_the_pod() {
         seen += 1;
     }
     assert!(seen < 3000, "the slow client saw {seen} events");
-    let _ = dropped; // the notice is best effort: its socket may be full
     fast.send(json!({"method": "shutdown"})).await;
     pod.wait().await;
 }
