@@ -8,7 +8,7 @@
 use reqwest::header::{HeaderMap, HeaderValue};
 use serde_json::{Value, json};
 
-use super::http::{self, Timeouts};
+use super::http::{Endpoint, Timeouts, header_value};
 use super::{CallAssembler, DeltaSink, ModelRequest, ModelResponse, Provider, ProviderError, StopReason, Usage};
 use crate::history::Item;
 
@@ -18,23 +18,14 @@ const API_VERSION: &str = "2023-06-01";
 
 /// A client for one Anthropic model.
 pub struct Anthropic {
-    client: reqwest::Client,
-    base_url: String,
+    endpoint: Endpoint,
     api_key: String,
-    model: String,
-    timeouts: Timeouts,
 }
 
 impl Anthropic {
     /// A client for `model` at `base_url` (default `https://api.anthropic.com`).
     pub fn new(model: &str, base_url: Option<&str>, api_key: String, timeouts: Timeouts) -> Anthropic {
-        Anthropic {
-            client: http::client(&timeouts),
-            base_url: base_url.unwrap_or("https://api.anthropic.com").trim_end_matches('/').to_string(),
-            api_key,
-            model: model.to_string(),
-            timeouts,
-        }
+        Anthropic { endpoint: Endpoint::new(model, base_url, "https://api.anthropic.com", timeouts), api_key }
     }
 
     fn body(&self, request: &ModelRequest) -> Value {
@@ -44,7 +35,7 @@ impl Anthropic {
             .map(|t| json!({"name": t.name, "description": t.description, "input_schema": t.input_schema}))
             .collect();
         let mut body = json!({
-            "model": self.model,
+            "model": self.endpoint.model,
             "max_tokens": request.max_tokens,
             "system": request.system,
             "messages": messages(&request.items),
@@ -93,17 +84,14 @@ impl Provider for Anthropic {
     }
 
     fn model(&self) -> &str {
-        &self.model
+        &self.endpoint.model
     }
 
     async fn stream(&self, request: &ModelRequest, sink: &mut DeltaSink<'_>) -> Result<ModelResponse, ProviderError> {
         let mut headers = HeaderMap::new();
-        let key = HeaderValue::from_str(&self.api_key)
-            .map_err(|_| ProviderError::fatal(NAME, "the API key contains characters not allowed in a header"))?;
-        headers.insert("x-api-key", key);
+        headers.insert("x-api-key", header_value(NAME, &self.api_key)?);
         headers.insert("anthropic-version", HeaderValue::from_static(API_VERSION));
-        let url = format!("{}/v1/messages", self.base_url);
-        let mut events = http::post_sse(NAME, &self.client, &url, headers, &self.body(request), &self.timeouts).await?;
+        let mut events = self.endpoint.post_sse(NAME, "/v1/messages", headers, &self.body(request)).await?;
 
         let mut text = String::new();
         let mut calls = CallAssembler::default();

@@ -5,10 +5,10 @@
 //! `functionResponse` parts; the input schemas lose the keys Gemini's schema
 //! dialect rejects (`additionalProperties`, `$schema`).
 
-use reqwest::header::{HeaderMap, HeaderValue};
+use reqwest::header::HeaderMap;
 use serde_json::{Map, Value, json};
 
-use super::http::{self, Timeouts};
+use super::http::{Endpoint, Timeouts, header_value};
 use super::{CallAssembler, Delta, DeltaSink, ModelRequest, ModelResponse, Provider, ProviderError, StopReason, Usage};
 use crate::history::Item;
 
@@ -16,24 +16,16 @@ const NAME: &str = "gemini";
 
 /// A client for one Gemini model.
 pub struct Gemini {
-    client: reqwest::Client,
-    base_url: String,
+    endpoint: Endpoint,
     api_key: String,
-    model: String,
-    timeouts: Timeouts,
 }
 
 impl Gemini {
     /// A client for `model` at `base_url` (default
     /// `https://generativelanguage.googleapis.com`).
     pub fn new(model: &str, base_url: Option<&str>, api_key: String, timeouts: Timeouts) -> Gemini {
-        Gemini {
-            client: http::client(&timeouts),
-            base_url: base_url.unwrap_or("https://generativelanguage.googleapis.com").trim_end_matches('/').to_string(),
-            api_key,
-            model: model.to_string(),
-            timeouts,
-        }
+        let endpoint = Endpoint::new(model, base_url, "https://generativelanguage.googleapis.com", timeouts);
+        Gemini { endpoint, api_key }
     }
 
     fn body(&self, request: &ModelRequest) -> Value {
@@ -105,16 +97,14 @@ impl Provider for Gemini {
     }
 
     fn model(&self) -> &str {
-        &self.model
+        &self.endpoint.model
     }
 
     async fn stream(&self, request: &ModelRequest, sink: &mut DeltaSink<'_>) -> Result<ModelResponse, ProviderError> {
         let mut headers = HeaderMap::new();
-        let key = HeaderValue::from_str(&self.api_key)
-            .map_err(|_| ProviderError::fatal(NAME, "the API key contains characters not allowed in a header"))?;
-        headers.insert("x-goog-api-key", key);
-        let url = format!("{}/v1beta/models/{}:streamGenerateContent?alt=sse", self.base_url, self.model);
-        let mut events = http::post_sse(NAME, &self.client, &url, headers, &self.body(request), &self.timeouts).await?;
+        headers.insert("x-goog-api-key", header_value(NAME, &self.api_key)?);
+        let path = format!("/v1beta/models/{}:streamGenerateContent?alt=sse", self.endpoint.model);
+        let mut events = self.endpoint.post_sse(NAME, &path, headers, &self.body(request)).await?;
 
         let mut text = String::new();
         let mut calls = CallAssembler::default();

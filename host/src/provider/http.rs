@@ -47,6 +47,48 @@ pub fn client(timeouts: &Timeouts) -> reqwest::Client {
         .expect("the HTTP client configuration is valid")
 }
 
+/// What every HTTP provider holds: a client, where to send, which model.
+pub struct Endpoint {
+    /// The HTTP client.
+    pub client: reqwest::Client,
+    /// The base URL, without a trailing slash.
+    pub base_url: String,
+    /// The model's name.
+    pub model: String,
+    /// Timeouts.
+    pub timeouts: Timeouts,
+}
+
+impl Endpoint {
+    /// An endpoint for `model` at `base_url`, or `default_base` when unset.
+    pub fn new(model: &str, base_url: Option<&str>, default_base: &str, timeouts: Timeouts) -> Endpoint {
+        Endpoint {
+            client: client(&timeouts),
+            base_url: base_url.unwrap_or(default_base).trim_end_matches('/').to_string(),
+            model: model.to_string(),
+            timeouts,
+        }
+    }
+
+    /// POSTs `body` to `base_url + path` and returns the event stream.
+    pub async fn post_sse(
+        &self,
+        provider: &'static str,
+        path: &str,
+        headers: HeaderMap,
+        body: &serde_json::Value,
+    ) -> Result<SseStream, ProviderError> {
+        let url = format!("{}{path}", self.base_url);
+        post_sse(provider, &self.client, &url, headers, body, &self.timeouts).await
+    }
+}
+
+/// `value` as a header value (an API key), or an error saying it cannot be one.
+pub fn header_value(provider: &'static str, value: &str) -> Result<reqwest::header::HeaderValue, ProviderError> {
+    reqwest::header::HeaderValue::from_str(value)
+        .map_err(|_| ProviderError::fatal(provider, "the API key contains characters not allowed in a header"))
+}
+
 /// One server-sent event.
 #[derive(Debug)]
 pub struct SseEvent {

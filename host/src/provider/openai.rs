@@ -6,10 +6,10 @@
 //! results become `tool` messages; the format has no error flag, so failed
 //! results are prefixed with `Error: `.
 
-use reqwest::header::{AUTHORIZATION, HeaderMap, HeaderValue};
+use reqwest::header::{AUTHORIZATION, HeaderMap};
 use serde_json::{Value, json};
 
-use super::http::{self, Timeouts};
+use super::http::{Endpoint, Timeouts, header_value};
 use super::{CallAssembler, Delta, DeltaSink, ModelRequest, ModelResponse, Provider, ProviderError, StopReason, Usage};
 use crate::history::Item;
 
@@ -17,23 +17,14 @@ const NAME: &str = "openai";
 
 /// A client for one chat-completions model.
 pub struct OpenAi {
-    client: reqwest::Client,
-    base_url: String,
+    endpoint: Endpoint,
     api_key: Option<String>,
-    model: String,
-    timeouts: Timeouts,
 }
 
 impl OpenAi {
     /// A client for `model` at `base_url` (default `https://api.openai.com/v1`).
     pub fn new(model: &str, base_url: Option<&str>, api_key: Option<String>, timeouts: Timeouts) -> OpenAi {
-        OpenAi {
-            client: http::client(&timeouts),
-            base_url: base_url.unwrap_or("https://api.openai.com/v1").trim_end_matches('/').to_string(),
-            api_key,
-            model: model.to_string(),
-            timeouts,
-        }
+        OpenAi { endpoint: Endpoint::new(model, base_url, "https://api.openai.com/v1", timeouts), api_key }
     }
 
     fn body(&self, request: &ModelRequest) -> Value {
@@ -47,7 +38,7 @@ impl OpenAi {
             })
             .collect();
         let mut body = json!({
-            "model": self.model,
+            "model": self.endpoint.model,
             "messages": messages(&request.system, &request.items),
             "max_tokens": request.max_tokens,
             "stream": true,
@@ -102,18 +93,15 @@ impl Provider for OpenAi {
     }
 
     fn model(&self) -> &str {
-        &self.model
+        &self.endpoint.model
     }
 
     async fn stream(&self, request: &ModelRequest, sink: &mut DeltaSink<'_>) -> Result<ModelResponse, ProviderError> {
         let mut headers = HeaderMap::new();
         if let Some(key) = &self.api_key {
-            let value = HeaderValue::from_str(&format!("Bearer {key}"))
-                .map_err(|_| ProviderError::fatal(NAME, "the API key contains characters not allowed in a header"))?;
-            headers.insert(AUTHORIZATION, value);
+            headers.insert(AUTHORIZATION, header_value(NAME, &format!("Bearer {key}"))?);
         }
-        let url = format!("{}/chat/completions", self.base_url);
-        let mut events = http::post_sse(NAME, &self.client, &url, headers, &self.body(request), &self.timeouts).await?;
+        let mut events = self.endpoint.post_sse(NAME, "/chat/completions", headers, &self.body(request)).await?;
 
         let mut text = String::new();
         let mut calls = CallAssembler::default();
