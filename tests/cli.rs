@@ -88,3 +88,67 @@ fn setup_errors_exit_2() {
     let out = yoi(&["tool", "call", "--manifest", "/no/such/pod.toml", "Noop", "{}"]);
     assert_eq!(out.status.code(), Some(2));
 }
+
+/// A served pod driven by the client commands: `ps`, `send`, `history`,
+/// `cancel` while idle, and `stop`.
+#[test]
+fn pod_commands_against_a_served_pod() {
+    let sb = Sandbox::new();
+    sb.file("proj/a.txt", "alpha\n");
+    sb.file(
+        "script.json",
+        &serde_json::json!({"turns": [
+            {"text": "Reading.", "tool_calls": [{"name": "Read", "arguments": {"file_path": "${cwd}/a.txt"}}]},
+            {"text": "It says alpha."}
+        ]})
+        .to_string(),
+    );
+    let m = sb.file(
+        "pod.toml",
+        "[pod]\nname = \"clipod\"\n[provider]\nkind = \"scripted\"\nmodel = \"s\"\nscript = \"script.json\"\n\
+         [[scope.allow]]\ntarget = \"proj\"\npermission = \"read\"\n",
+    );
+    let home = shared_cache().parent().unwrap().join("cli-home");
+    let runtime = sb.root.join("run");
+    let cmd = |args: &[&str]| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_yoi-host"));
+        c.args(args).env("YOI_HOME", &home).env("YOI_RUNTIME_DIR", &runtime);
+        c
+    };
+    let mut server = cmd(&["run", "--manifest", m.to_str().unwrap()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let socket = runtime.join("clipod/sock");
+    for _ in 0..1200 {
+        if socket.exists() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let ps = cmd(&["ps"]).output().unwrap();
+    let listing = String::from_utf8_lossy(&ps.stdout);
+    assert!(listing.contains("clipod") && listing.contains("idle"), "{listing}");
+
+    let sent = cmd(&["send", "clipod", "what does a.txt say?"]).output().unwrap();
+    let out = String::from_utf8_lossy(&sent.stdout);
+    assert_eq!(sent.status.code(), Some(0), "{out}{}", String::from_utf8_lossy(&sent.stderr));
+    assert!(out.contains("⏺ Read(") && out.contains("It says alpha."), "{out}");
+
+    let history = cmd(&["history", "clipod", "--json"]).output().unwrap();
+    let event: Value = serde_json::from_slice(&history.stdout).unwrap();
+    assert_eq!(event["type"], "history");
+    assert_eq!(event["items"].as_array().unwrap().len(), 5);
+
+    let cancel = cmd(&["cancel", "clipod"]).output().unwrap();
+    assert_eq!(cancel.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&cancel.stderr).contains("no run"));
+
+    let stop = cmd(&["stop", "clipod"]).output().unwrap();
+    assert!(stop.status.success(), "{}", String::from_utf8_lossy(&stop.stderr));
+    assert!(server.wait().unwrap().success());
+    assert!(!runtime.join("clipod").exists());
+    let gone = cmd(&["send", "clipod", "hello?"]).output().unwrap();
+    assert_eq!(gone.status.code(), Some(2));
+}
