@@ -2,15 +2,15 @@
 //! newest first.
 
 use std::path::{Component, Path, PathBuf};
-use std::sync::Arc;
 use std::time::SystemTime;
 
 use globset::GlobBuilder;
 use serde::Deserialize;
 use yoi_plugin_sdk::{ToolError, ToolOutput, parse_input};
-use yoi_scope_rules::{Access, Rules};
+use yoi_scope_rules::Access;
 
 use crate::scope::{Context, io_error};
+use crate::wasi_fs;
 
 /// Most files listed.
 const MAX_RESULTS: usize = 1000;
@@ -48,21 +48,19 @@ pub fn run(ctx: &Context, input: &str) -> Result<ToolOutput, ToolError> {
         .map_err(|e| ToolError::InvalidInput(format!("invalid glob pattern {pattern:?}: {e}")))?
         .compile_matcher();
 
-    let rules = Arc::new(ctx.rules.clone());
+    let rules = &ctx.rules;
     let mut found: Vec<(SystemTime, PathBuf)> = Vec::new();
-    for entry in walker(&root, rules.clone()) {
-        let Ok(entry) = entry else { continue };
-        if entry.file_type().is_none_or(|t| t.is_dir()) {
-            continue;
+    // Walks skip .git directories and those the rules leave nothing readable in.
+    let enter = |dir: &Path| dir.file_name().is_none_or(|n| n != ".git") && rules.worth_entering(dir);
+    wasi_fs::walk_files(&root, &enter, &mut |path, modified| {
+        if let Ok(rel) = path.strip_prefix(&root)
+            && matcher.is_match(rel)
+            && rules.access(path) >= Access::Read
+        {
+            found.push((modified(), path.to_path_buf()));
         }
-        let path = entry.path();
-        let Ok(rel) = path.strip_prefix(&root) else { continue };
-        if !matcher.is_match(rel) || rules.access(path) < Access::Read {
-            continue;
-        }
-        let mtime = entry.metadata().ok().and_then(|m| m.modified().ok()).unwrap_or(SystemTime::UNIX_EPOCH);
-        found.push((mtime, path.to_path_buf()));
-    }
+    })
+    .map_err(|e| io_error(root.display(), e))?;
     found.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
     let total = found.len();
     found.truncate(MAX_RESULTS);
@@ -81,20 +79,4 @@ pub fn run(ctx: &Context, input: &str) -> Result<ToolOutput, ToolError> {
         ),
         content: (!listing.is_empty()).then(|| listing.join("\n")),
     })
-}
-
-/// A walk of `root` that shows hidden files, ignores no ignore files, skips
-/// `.git` directories and never follows symlinks.
-fn walker(root: &Path, rules: Arc<Rules>) -> ignore::Walk {
-    ignore::WalkBuilder::new(root)
-        .standard_filters(false)
-        .follow_links(false)
-        .filter_entry(move |e| e.file_name() != ".git" && worth_visiting(&rules, e))
-        .build()
-}
-
-/// Walks do not enter directories in which the pod's rules leave nothing
-/// readable (deny rules, the depth limit of non-recursive rules).
-pub fn worth_visiting(rules: &Rules, entry: &ignore::DirEntry) -> bool {
-    !entry.file_type().is_some_and(|t| t.is_dir()) || rules.worth_entering(entry.path())
 }

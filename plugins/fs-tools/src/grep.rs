@@ -15,7 +15,6 @@ use serde::Deserialize;
 use yoi_plugin_sdk::{ToolError, ToolOutput, parse_input};
 use yoi_scope_rules::{Access, Rules};
 
-use crate::glob::worth_visiting;
 use crate::plural;
 use crate::scope::{Context, io_error};
 use crate::wasi_fs::OpenFile;
@@ -146,6 +145,12 @@ fn walk(root: &Path, input: &Input, rules: Arc<Rules>) -> Result<Vec<PathBuf>, T
         }
     }
     Ok(files)
+}
+
+/// Walks do not enter directories in which the pod's rules leave nothing
+/// readable (deny rules, the depth limit of non-recursive rules).
+fn worth_visiting(rules: &Rules, entry: &ignore::DirEntry) -> bool {
+    !entry.file_type().is_some_and(|t| t.is_dir()) || rules.worth_entering(entry.path())
 }
 
 fn is_hidden(entry: &ignore::DirEntry) -> bool {

@@ -1,4 +1,5 @@
-//! Whole-file reads and writes through `wasi:filesystem` descriptors.
+//! Whole-file reads and writes, and directory walks, through
+//! `wasi:filesystem` descriptors.
 //!
 //! std's file I/O on WASI goes through streams, which the host serves on a
 //! thread pool (a thread hop per chunk); the descriptor's own `read` and
@@ -12,6 +13,7 @@
 
 use std::io;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use wasip2::filesystem::preopens::get_directories;
 use wasip2::filesystem::types::{Descriptor, DescriptorFlags, DescriptorType, ErrorCode, OpenFlags, PathFlags};
@@ -88,6 +90,57 @@ pub fn write_new(path: &Path, content: &[u8]) -> io::Result<()> {
     while written < content.len() {
         let end = content.len().min(written + CHUNK as usize);
         written += file.write(&content[written..end], written as u64).map_err(to_io)? as usize;
+    }
+    Ok(())
+}
+
+/// Walks the tree below the directory `root` without following symlinks,
+/// calling `on_file` with each regular file or symlink and a function that
+/// gives its modification time (asked only when needed). Directories are
+/// entered when `enter` says so; unreadable ones are skipped.
+///
+/// Unlike std's `read_dir`, which looks up every entry's inode, this reads
+/// each directory once and stats only the files asked about.
+pub fn walk_files(
+    root: &Path,
+    enter: &dyn Fn(&Path) -> bool,
+    on_file: &mut dyn FnMut(&Path, &dyn Fn() -> SystemTime),
+) -> io::Result<()> {
+    let dir = with_dir(root, |dir, rel| {
+        dir.open_at(PathFlags::empty(), rel, OpenFlags::DIRECTORY, DescriptorFlags::READ).map_err(to_io)
+    })?;
+    walk_dir(&dir, root, enter, on_file)
+}
+
+fn walk_dir(
+    dir: &Descriptor,
+    path: &Path,
+    enter: &dyn Fn(&Path) -> bool,
+    on_file: &mut dyn FnMut(&Path, &dyn Fn() -> SystemTime),
+) -> io::Result<()> {
+    let mut subdirs = Vec::new();
+    let entries = dir.read_directory().map_err(to_io)?;
+    while let Some(entry) = entries.read_directory_entry().map_err(to_io)? {
+        let child = path.join(&entry.name);
+        match entry.type_ {
+            DescriptorType::Directory if enter(&child) => subdirs.push((entry.name, child)),
+            DescriptorType::RegularFile | DescriptorType::SymbolicLink => {
+                let modified = || {
+                    dir.stat_at(PathFlags::empty(), &entry.name)
+                        .ok()
+                        .and_then(|s| s.data_modification_timestamp)
+                        .map_or(UNIX_EPOCH, |t| UNIX_EPOCH + Duration::new(t.seconds, t.nanoseconds))
+                };
+                on_file(&child, &modified);
+            }
+            _ => {}
+        }
+    }
+    drop(entries);
+    for (name, child) in subdirs {
+        if let Ok(sub) = dir.open_at(PathFlags::empty(), &name, OpenFlags::DIRECTORY, DescriptorFlags::READ) {
+            walk_dir(&sub, &child, enter, on_file)?;
+        }
     }
     Ok(())
 }
