@@ -19,6 +19,7 @@ use yoi_host::manifest::LoadedManifest;
 use yoi_host::plugin::{Allocator, HostOptions, PluginHost};
 use yoi_host::pod::{PodHandle, PodSpec, start};
 use yoi_host::provider::{Provider, from_manifest, retry_policy};
+use yoi_host::scope_lock::ScopeLock;
 use yoi_host::session::SessionStore;
 
 /// A pod's files: a project, a manifest, a script, sessions and runtime dirs.
@@ -68,6 +69,7 @@ impl Setup {
             sessions: self.sessions(),
             runtime_root: self.runtime_root(),
             resume,
+            scope_lock: ScopeLock::new(self.sb.root.join("run/scope.lock")),
         })
         .await
     }
@@ -380,6 +382,7 @@ async fn compaction_summarises_into_a_new_session() {
         sessions: sessions.clone(),
         runtime_root: sb.root.join("run"),
         resume: None,
+        scope_lock: ScopeLock::new(sb.root.join("run/scope.lock")),
     })
     .await
     .unwrap();
@@ -470,4 +473,51 @@ async fn kill_9_then_resume() {
         loaded.items.iter().map(|i| serde_json::to_value(i).unwrap()["type"].as_str().unwrap().to_string()).collect();
     assert_eq!(texts, ["user", "assistant", "tool_call", "tool_result", "user", "assistant"], "{:#?}", loaded.items);
     assert!(matches!(&loaded.items[3], Item::ToolResult { content, .. } if content.contains("alpha")));
+}
+
+/// Two yoi-host processes cannot hand out overlapping write scopes; the
+/// claim of a killed process is reclaimed by the next one.
+#[tokio::test]
+async fn write_scopes_of_live_pods_never_overlap_across_processes() {
+    let setup = Setup::new("holder", json!([{"text": "done"}]), "");
+    setup.sb.dir("proj/sub");
+    setup.sb.file(
+        "second.toml",
+        "[pod]\nname = \"second\"\n[provider]\nkind = \"scripted\"\nmodel = \"s\"\nscript = \"script.json\"\n\
+         [[scope.allow]]\ntarget = \"proj/sub\"\npermission = \"write\"\n",
+    );
+    let home = setup.sb.root.join("home");
+    std::fs::create_dir_all(&home).unwrap();
+    std::fs::create_dir_all(shared_cache()).unwrap();
+    std::os::unix::fs::symlink(shared_cache(), home.join("cache")).unwrap();
+    let yoi = |args: &[&str]| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_yoi-host"));
+        cmd.args(args).env("YOI_HOME", &home).env("YOI_RUNTIME_DIR", setup.runtime_root()).env_remove("YOI_SCOPE_LOCK");
+        cmd
+    };
+    let manifest = setup.manifest();
+    let mut holder = yoi(&["run", "--manifest", manifest.to_str().unwrap()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let socket = setup.runtime_root().join("holder/sock");
+    for _ in 0..1200 {
+        if socket.exists() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let second = setup.sb.root.join("second.toml");
+    let refused = yoi(&["run", "--once", "--manifest", second.to_str().unwrap(), "hi"]).output().unwrap();
+    assert_eq!(refused.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("overlaps") && stderr.contains("\"holder\""), "{stderr}");
+
+    holder.kill().unwrap(); // SIGKILL: its claim stays in the file
+    holder.wait().unwrap();
+    let after = yoi(&["run", "--once", "--manifest", second.to_str().unwrap(), "hi"]).output().unwrap();
+    assert!(after.status.success(), "{}", String::from_utf8_lossy(&after.stderr));
+    let lock = ScopeLock::new(home.join("run/scope.lock"));
+    assert!(lock.claims().unwrap().is_empty(), "both claims are gone");
 }

@@ -33,6 +33,14 @@ impl Home {
         &self.root
     }
 
+    /// The machine-wide scope lock: `$YOI_SCOPE_LOCK`, else `run/scope.lock`.
+    pub fn scope_lock(&self) -> PathBuf {
+        match std::env::var_os("YOI_SCOPE_LOCK").filter(|v| !v.is_empty()) {
+            Some(path) => PathBuf::from(path),
+            None => self.root.join("run").join("scope.lock"),
+        }
+    }
+
     /// Compiled components, keyed by component hash and engine configuration.
     pub fn cache_dir(&self) -> PathBuf {
         self.root.join("cache")

@@ -4,6 +4,7 @@
 //! # Layout
 //! - [`manifest`]: the pod manifest (TOML), parsed and validated.
 //! - [`scope`]: allow/deny rules, path judgement, preopens.
+//! - [`scope_lock`]: the machine-wide lock that keeps live pods' write scopes apart.
 //! - [`plugin`]: the wasmtime runtime that loads tool plugins and runs calls.
 //! - [`history`]: the conversation's items, shared by every layer.
 //! - [`provider`]: LLM clients (Anthropic, OpenAI-compatible, Gemini, scripted).
@@ -27,4 +28,5 @@ pub mod pod_state;
 pub mod protocol;
 pub mod provider;
 pub mod scope;
+pub mod scope_lock;
 pub mod session;

@@ -21,6 +21,7 @@ use crate::pod::runtime_dir::{Status, is_live, runtime_root};
 use crate::pod::{PodSpec, start};
 use crate::protocol::{Method, PodEvent, WireEvent};
 use crate::provider::{self, Provider, RetryPolicy};
+use crate::scope_lock::ScopeLock;
 use crate::session::SessionStore;
 
 /// `yoi-host run`
@@ -75,7 +76,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     }
     let sessions = SessionStore::new(home.root().join("sessions"));
     let resume = args.resume.as_deref().map(|r| sessions.resolve(r, &name)).transpose()?;
-    let handle = start(PodSpec { manifest: loaded, plugins, provider, retry, sessions, runtime_root, resume }).await?;
+    let scope_lock = ScopeLock::new(home.scope_lock());
+    let handle =
+        start(PodSpec { manifest: loaded, plugins, provider, retry, sessions, runtime_root, resume, scope_lock })
+            .await?;
     let mut events = handle.subscribe();
     let (reply, mut replies) = mpsc::channel(16);
     eprintln!("yoi-host: pod {name} listening on {}", handle.socket.display());

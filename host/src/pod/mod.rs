@@ -33,6 +33,7 @@ use crate::plugin::{PluginHost, PodContext};
 use crate::pod_state::PodState;
 use crate::protocol::{ErrorCode, Greeting, Method, PodEvent, Request, WireEvent, error};
 use crate::provider::{Provider, RetryPolicy, Usage};
+use crate::scope_lock::{ClaimGuard, ScopeLock};
 use crate::session::{Entry, SessionStore, SessionWriter};
 use runtime_dir::{RuntimeDir, Status};
 
@@ -58,6 +59,8 @@ pub struct PodSpec {
     pub runtime_root: PathBuf,
     /// A session to continue (already resolved to an id).
     pub resume: Option<String>,
+    /// The machine-wide scope lock.
+    pub scope_lock: ScopeLock,
 }
 
 /// The pod's state.
@@ -94,6 +97,8 @@ pub struct Shared {
     pod_context: Arc<PodContext>,
     greeting: Greeting,
     runtime: RuntimeDir,
+    /// The pod's write scope, held in the machine-wide lock until the pod ends.
+    _scope: ClaimGuard,
 }
 
 impl Shared {
@@ -230,6 +235,14 @@ pub async fn start(spec: PodSpec) -> anyhow::Result<PodHandle> {
     let manifest = &spec.manifest;
     let name = manifest.manifest.pod.name.clone();
     let runtime = RuntimeDir::claim(&spec.runtime_root, &name)?;
+    let write_targets: Vec<PathBuf> = manifest
+        .scope
+        .allow
+        .iter()
+        .filter(|r| r.permission == crate::scope::Permission::Write)
+        .map(|r| r.target.clone())
+        .collect();
+    let scope_claim = spec.scope_lock.claim(&name, &write_targets)?;
     let mut last_usage = None;
     let (history, session) = match &spec.resume {
         Some(id) => {
@@ -291,6 +304,7 @@ pub async fn start(spec: PodSpec) -> anyhow::Result<PodHandle> {
         pod_context,
         greeting,
         runtime,
+        _scope: scope_claim,
     });
     let socket = shared.runtime.socket();
     let listener = server::bind(&socket)?;
@@ -329,6 +343,9 @@ pub async fn start(spec: PodSpec) -> anyhow::Result<PodHandle> {
     tokio::spawn(async move {
         controller.run(rx).await;
         server.abort();
+        // Once the server task is gone, nothing else holds the pod's runtime
+        // dir or scope claim: both are released here.
+        let _ = server.await;
         *finished.lock().unwrap() = true;
         done.notify_waiters();
     });
