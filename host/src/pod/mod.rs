@@ -252,9 +252,8 @@ pub async fn start(spec: PodSpec) -> anyhow::Result<PodHandle> {
             }
             let mut items = loaded.items;
             last_usage = loaded.last_usage;
-            let writer = spec.sessions.reopen(id)?;
+            let mut writer = spec.sessions.reopen(id)?;
             // A crash mid-tool-call leaves calls without results: answer them.
-            let mut shared_writer = writer;
             for (id, name, _) in pending_calls(&items) {
                 let item = Item::ToolResult {
                     id,
@@ -262,10 +261,10 @@ pub async fn start(spec: PodSpec) -> anyhow::Result<PodHandle> {
                     content: "interrupted: the host stopped before this call finished".into(),
                     is_error: true,
                 };
-                shared_writer.append(&Entry::Item { item: item.clone() })?;
+                writer.append(&Entry::Item { item: item.clone() })?;
                 items.push(item);
             }
-            (items, shared_writer)
+            (items, writer)
         }
         None => (Vec::new(), spec.sessions.create(&name, None)?),
     };
@@ -447,8 +446,12 @@ impl Controller {
 
     fn notify(&mut self, message: String) {
         self.shared.broadcast(PodEvent::Notification { message: message.clone() });
+        // A pod without a model has no one to tell.
+        if self.provider.is_none() {
+            return;
+        }
         self.shared.notes.lock().unwrap().push(message);
-        if self.state == State::Idle && self.provider.is_some() {
+        if self.state == State::Idle {
             self.start_run("notify", false);
         }
     }
