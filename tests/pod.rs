@@ -54,6 +54,44 @@ impl Setup {
         self.sb.root.join("run")
     }
 
+    /// `$YOI_HOME` for `yoi-host` processes, sharing the tests' compiled components.
+    fn process_home(&self) -> PathBuf {
+        let home = self.sb.root.join("home");
+        std::fs::create_dir_all(&home).unwrap();
+        std::fs::create_dir_all(shared_cache()).unwrap();
+        let _ = std::os::unix::fs::symlink(shared_cache(), home.join("cache"));
+        home
+    }
+
+    /// A `yoi-host` command using this setup's home and runtime dirs.
+    fn yoi(&self, args: &[&str]) -> std::process::Command {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_yoi-host"));
+        cmd.args(args)
+            .env("YOI_HOME", self.process_home())
+            .env("YOI_RUNTIME_DIR", self.runtime_root())
+            .env_remove("XDG_RUNTIME_DIR")
+            .env_remove("YOI_SCOPE_LOCK");
+        cmd
+    }
+
+    /// Starts `yoi-host run` serving the manifest, and waits for its socket.
+    async fn serve_in_process(&self, manifest: &Path, pod: &str) -> (std::process::Child, PathBuf) {
+        let child = self
+            .yoi(&["run", "--manifest", manifest.to_str().unwrap()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let socket = self.runtime_root().join(pod).join("sock");
+        for _ in 0..1200 {
+            if socket.exists() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        (child, socket)
+    }
+
     async fn start(&self, resume: Option<String>) -> anyhow::Result<PodHandle> {
         let loaded = LoadedManifest::load(&self.manifest())?;
         let section = loaded.manifest.provider.clone().unwrap();
@@ -428,31 +466,8 @@ async fn kill_9_then_resume() {
         ]),
         "",
     );
-    let home = setup.sb.root.join("home");
-    std::fs::create_dir_all(&home).unwrap();
-    std::fs::create_dir_all(shared_cache()).unwrap();
-    std::os::unix::fs::symlink(shared_cache(), home.join("cache")).unwrap();
-    let yoi = |args: &[&str]| {
-        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_yoi-host"));
-        cmd.args(args)
-            .env("YOI_HOME", &home)
-            .env("YOI_RUNTIME_DIR", setup.runtime_root())
-            .env_remove("XDG_RUNTIME_DIR");
-        cmd
-    };
-    let manifest = setup.manifest();
-    let mut child = yoi(&["run", "--manifest", manifest.to_str().unwrap()])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let socket = setup.runtime_root().join("crash/sock");
-    for _ in 0..1200 {
-        if socket.exists() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let home = setup.process_home();
+    let (mut child, socket) = setup.serve_in_process(&setup.manifest(), "crash").await;
     let mut c = Client::connect(&socket).await;
     c.send(json!({"method": "run", "input": "read the notes"})).await;
     c.expect("tool_result").await;
@@ -462,7 +477,9 @@ async fn kill_9_then_resume() {
     // A new process plays its script from the start: give it the rest.
     setup.sb.file("script.json", &json!({"turns": [{"text": "resumed fine"}]}).to_string());
 
-    let out = yoi(&["run", "--manifest", manifest.to_str().unwrap(), "--resume", "latest", "--once", "go on"])
+    let manifest = setup.manifest();
+    let out = setup
+        .yoi(&["run", "--manifest", manifest.to_str().unwrap(), "--resume", "latest", "--once", "go on"])
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -486,37 +503,17 @@ async fn write_scopes_of_live_pods_never_overlap_across_processes() {
         "[pod]\nname = \"second\"\n[provider]\nkind = \"scripted\"\nmodel = \"s\"\nscript = \"script.json\"\n\
          [[scope.allow]]\ntarget = \"proj/sub\"\npermission = \"write\"\n",
     );
-    let home = setup.sb.root.join("home");
-    std::fs::create_dir_all(&home).unwrap();
-    std::fs::create_dir_all(shared_cache()).unwrap();
-    std::os::unix::fs::symlink(shared_cache(), home.join("cache")).unwrap();
-    let yoi = |args: &[&str]| {
-        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_yoi-host"));
-        cmd.args(args).env("YOI_HOME", &home).env("YOI_RUNTIME_DIR", setup.runtime_root()).env_remove("YOI_SCOPE_LOCK");
-        cmd
-    };
-    let manifest = setup.manifest();
-    let mut holder = yoi(&["run", "--manifest", manifest.to_str().unwrap()])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let socket = setup.runtime_root().join("holder/sock");
-    for _ in 0..1200 {
-        if socket.exists() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let home = setup.process_home();
+    let (mut holder, _socket) = setup.serve_in_process(&setup.manifest(), "holder").await;
     let second = setup.sb.root.join("second.toml");
-    let refused = yoi(&["run", "--once", "--manifest", second.to_str().unwrap(), "hi"]).output().unwrap();
+    let refused = setup.yoi(&["run", "--once", "--manifest", second.to_str().unwrap(), "hi"]).output().unwrap();
     assert_eq!(refused.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert!(stderr.contains("overlaps") && stderr.contains("\"holder\""), "{stderr}");
 
     holder.kill().unwrap(); // SIGKILL: its claim stays in the file
     holder.wait().unwrap();
-    let after = yoi(&["run", "--once", "--manifest", second.to_str().unwrap(), "hi"]).output().unwrap();
+    let after = setup.yoi(&["run", "--once", "--manifest", second.to_str().unwrap(), "hi"]).output().unwrap();
     assert!(after.status.success(), "{}", String::from_utf8_lossy(&after.stderr));
     let lock = ScopeLock::new(home.join("run/scope.lock"));
     assert!(lock.claims().unwrap().is_empty(), "both claims are gone");
