@@ -9,7 +9,10 @@ use reqwest::header::{HeaderMap, HeaderValue};
 use serde_json::{Value, json};
 
 use super::http::{Endpoint, Timeouts, header_value};
-use super::{CallAssembler, DeltaSink, ModelRequest, ModelResponse, Provider, ProviderError, StopReason, Usage};
+use super::{
+    CallAssembler, DeltaSink, ModelRequest, ModelResponse, Provider, ProviderError, StopReason, Usage, system_note,
+    turns_by_role,
+};
 use crate::history::Item;
 
 const NAME: &str = "anthropic";
@@ -53,28 +56,18 @@ impl Anthropic {
 
 /// The history as Messages API messages.
 fn messages(items: &[Item]) -> Vec<Value> {
-    let mut messages: Vec<(String, Vec<Value>)> = Vec::new();
-    let mut push = |role: &str, block: Value| match messages.last_mut() {
-        Some((r, blocks)) if r == role => blocks.push(block),
-        _ => messages.push((role.to_string(), vec![block])),
-    };
-    for item in items {
-        match item {
-            Item::User { text } => push("user", json!({"type": "text", "text": text})),
-            Item::System { text } => {
-                push("user", json!({"type": "text", "text": format!("<system-note>\n{text}\n</system-note>")}))
-            }
-            Item::Assistant { text } => push("assistant", json!({"type": "text", "text": text})),
-            Item::ToolCall { id, name, arguments } => {
-                push("assistant", json!({"type": "tool_use", "id": id, "name": name, "input": arguments}))
-            }
-            Item::ToolResult { id, content, is_error, .. } => push(
-                "user",
-                json!({"type": "tool_result", "tool_use_id": id, "content": content, "is_error": is_error}),
-            ),
+    let blocks = items.iter().map(|item| match item {
+        Item::User { text } => ("user", json!({"type": "text", "text": text})),
+        Item::System { text } => ("user", json!({"type": "text", "text": system_note(text)})),
+        Item::Assistant { text } => ("assistant", json!({"type": "text", "text": text})),
+        Item::ToolCall { id, name, arguments } => {
+            ("assistant", json!({"type": "tool_use", "id": id, "name": name, "input": arguments}))
         }
-    }
-    messages.into_iter().map(|(role, content)| json!({"role": role, "content": content})).collect()
+        Item::ToolResult { id, content, is_error, .. } => {
+            ("user", json!({"type": "tool_result", "tool_use_id": id, "content": content, "is_error": is_error}))
+        }
+    });
+    turns_by_role(blocks, "content")
 }
 
 #[async_trait::async_trait]

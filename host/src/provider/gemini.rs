@@ -9,7 +9,10 @@ use reqwest::header::HeaderMap;
 use serde_json::{Map, Value, json};
 
 use super::http::{Endpoint, Timeouts, header_value};
-use super::{CallAssembler, Delta, DeltaSink, ModelRequest, ModelResponse, Provider, ProviderError, StopReason, Usage};
+use super::{
+    CallAssembler, Delta, DeltaSink, ModelRequest, ModelResponse, Provider, ProviderError, StopReason, Usage,
+    system_note, turns_by_role,
+};
 use crate::history::Item;
 
 const NAME: &str = "gemini";
@@ -68,26 +71,17 @@ fn gemini_schema(schema: &Value) -> Value {
 
 /// The history as Gemini contents (roles `user` and `model`).
 fn contents(items: &[Item]) -> Vec<Value> {
-    let mut out: Vec<(String, Vec<Value>)> = Vec::new();
-    let mut push = |role: &str, part: Value| match out.last_mut() {
-        Some((r, parts)) if r == role => parts.push(part),
-        _ => out.push((role.to_string(), vec![part])),
-    };
-    for item in items {
-        match item {
-            Item::User { text } => push("user", json!({"text": text})),
-            Item::System { text } => push("user", json!({"text": format!("<system-note>\n{text}\n</system-note>")})),
-            Item::Assistant { text } => push("model", json!({"text": text})),
-            Item::ToolCall { name, arguments, .. } => {
-                push("model", json!({"functionCall": {"name": name, "args": arguments}}))
-            }
-            Item::ToolResult { name, content, is_error, .. } => {
-                let response = if *is_error { json!({"error": content}) } else { json!({"content": content}) };
-                push("user", json!({"functionResponse": {"name": name, "response": response}}))
-            }
+    let parts = items.iter().map(|item| match item {
+        Item::User { text } => ("user", json!({"text": text})),
+        Item::System { text } => ("user", json!({"text": system_note(text)})),
+        Item::Assistant { text } => ("model", json!({"text": text})),
+        Item::ToolCall { name, arguments, .. } => ("model", json!({"functionCall": {"name": name, "args": arguments}})),
+        Item::ToolResult { name, content, is_error, .. } => {
+            let response = if *is_error { json!({"error": content}) } else { json!({"content": content}) };
+            ("user", json!({"functionResponse": {"name": name, "response": response}}))
         }
-    }
-    out.into_iter().map(|(role, parts)| json!({"role": role, "parts": parts})).collect()
+    });
+    turns_by_role(parts, "parts")
 }
 
 #[async_trait::async_trait]

@@ -321,16 +321,41 @@ impl CallAssembler {
 
 /// The system text of a request: the pod's prompt plus transient notes.
 pub fn system_with_notes(system: &str, notes: &[String]) -> String {
-    if notes.is_empty() {
-        return system.to_string();
-    }
     let mut text = system.to_string();
     for note in notes {
-        text.push_str("\n\n<system-note>\n");
-        text.push_str(note);
-        text.push_str("\n</system-note>");
+        text.push_str("\n\n");
+        text.push_str(&system_note(note));
     }
     text
+}
+
+/// A host note as the model sees it, in the prompt or in the conversation.
+pub(crate) fn system_note(text: &str) -> String {
+    format!("<system-note>\n{text}\n</system-note>")
+}
+
+/// Parts with their roles, merged into one turn per run of the same role,
+/// for the formats that want roles to alternate: `{"role": r, key: [parts]}`.
+pub(crate) fn turns_by_role(
+    parts: impl IntoIterator<Item = (&'static str, serde_json::Value)>,
+    key: &str,
+) -> Vec<serde_json::Value> {
+    let mut turns: Vec<(&str, Vec<serde_json::Value>)> = Vec::new();
+    for (role, part) in parts {
+        match turns.last_mut() {
+            Some((r, same)) if *r == role => same.push(part),
+            _ => turns.push((role, vec![part])),
+        }
+    }
+    turns
+        .into_iter()
+        .map(|(role, parts)| {
+            let mut turn = serde_json::Map::new();
+            turn.insert("role".into(), role.into());
+            turn.insert(key.into(), parts.into());
+            serde_json::Value::Object(turn)
+        })
+        .collect()
 }
 
 #[cfg(test)]
