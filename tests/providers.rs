@@ -6,6 +6,7 @@
 
 mod common;
 
+use std::sync::LazyLock;
 use std::time::{Duration, Instant};
 
 use common::mock_http::{MockServer, Reply};
@@ -257,15 +258,20 @@ fn provider(wire: &dyn Wire, url: &str) -> Box<dyn Provider> {
     from_manifest(&section(wire, url, 2), std::path::Path::new("/"), std::path::Path::new("/"), &env).unwrap()
 }
 
-fn request() -> ModelRequest {
+static HI: LazyLock<Vec<Item>> = LazyLock::new(|| vec![Item::User { text: "hi".into() }]);
+static TOOLS: LazyLock<Vec<ToolInfo>> = LazyLock::new(|| {
+    vec![ToolInfo {
+        name: "Read".into(),
+        description: "Reads".into(),
+        input_schema: json!({"type": "object", "properties": {"file_path": {"type": "string"}}, "additionalProperties": false}),
+    }]
+});
+
+fn request() -> ModelRequest<'static> {
     ModelRequest {
         system: "You are a test.".into(),
-        items: vec![Item::User { text: "hi".into() }],
-        tools: vec![ToolInfo {
-            name: "Read".into(),
-            description: "Reads".into(),
-            input_schema: json!({"type": "object", "properties": {"file_path": {"type": "string"}}, "additionalProperties": false}),
-        }],
+        items: &HI,
+        tools: &TOOLS,
         max_tokens: 100,
         temperature: Some(0.5),
     }
@@ -445,7 +451,7 @@ async fn requests_have_each_wire_formats_shape() {
         let server = MockServer::start(vec![Reply::events(wire.text(&["ok"]))]).await;
         let p = provider(wire, &server.url);
         let mut req = request();
-        req.items = items.clone();
+        req.items = &items;
         p.stream(&req, &mut |_| {}).await.unwrap();
         let got = &server.requests()[0];
         let body = &got.body;

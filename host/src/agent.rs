@@ -202,6 +202,7 @@ impl Agent<'_> {
         let mut turn = 0;
         let mut last_usage: Option<Usage> = None;
         let mut bad_arguments: HashMap<String, String> = HashMap::new();
+        let tools = self.tools.tools();
         loop {
             // Calls left pending by a paused run go first.
             let pending = pending_calls(history);
@@ -220,8 +221,8 @@ impl Agent<'_> {
             let notes = hooks.before_request(history, last_usage).await;
             let request = ModelRequest {
                 system: system_with_notes(&self.config.system, &notes),
-                items: history.clone(),
-                tools: self.tools.tools(),
+                items: history,
+                tools: &tools,
                 max_tokens: self.config.max_tokens,
                 temperature: self.config.temperature,
             };

@@ -61,14 +61,15 @@ pub async fn compact(
     } else {
         touched_files.iter().map(|f| format!("- {f}")).collect::<Vec<_>>().join("\n")
     };
+    let ask = [Item::User {
+        text: format!(
+            "Summarise this conversation.\n\nFiles the agent read or wrote:\n{files}\n\nTranscript:\n{transcript}"
+        ),
+    }];
     let request = ModelRequest {
         system: SUMMARY_SYSTEM.to_string(),
-        items: vec![Item::User {
-            text: format!(
-                "Summarise this conversation.\n\nFiles the agent read or wrote:\n{files}\n\nTranscript:\n{transcript}"
-            ),
-        }],
-        tools: Vec::new(),
+        items: &ask,
+        tools: &[],
         max_tokens: SUMMARY_MAX_TOKENS,
         temperature: None,
     };

@@ -31,7 +31,7 @@ impl Anthropic {
         Anthropic { endpoint: Endpoint::new(model, base_url, "https://api.anthropic.com", timeouts), api_key }
     }
 
-    fn body(&self, request: &ModelRequest) -> Value {
+    fn body(&self, request: &ModelRequest<'_>) -> Value {
         let tools: Vec<Value> = request
             .tools
             .iter()
@@ -41,7 +41,7 @@ impl Anthropic {
             "model": self.endpoint.model,
             "max_tokens": request.max_tokens,
             "system": request.system,
-            "messages": messages(&request.items),
+            "messages": messages(request.items),
             "stream": true,
         });
         if !tools.is_empty() {
@@ -80,7 +80,11 @@ impl Provider for Anthropic {
         &self.endpoint.model
     }
 
-    async fn stream(&self, request: &ModelRequest, sink: &mut DeltaSink<'_>) -> Result<ModelResponse, ProviderError> {
+    async fn stream(
+        &self,
+        request: &ModelRequest<'_>,
+        sink: &mut DeltaSink<'_>,
+    ) -> Result<ModelResponse, ProviderError> {
         let mut headers = HeaderMap::new();
         headers.insert("x-api-key", header_value(NAME, &self.api_key)?);
         headers.insert("anthropic-version", HeaderValue::from_static(API_VERSION));

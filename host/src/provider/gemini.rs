@@ -31,7 +31,7 @@ impl Gemini {
         Gemini { endpoint, api_key }
     }
 
-    fn body(&self, request: &ModelRequest) -> Value {
+    fn body(&self, request: &ModelRequest<'_>) -> Value {
         let declarations: Vec<Value> = request
             .tools
             .iter()
@@ -44,7 +44,7 @@ impl Gemini {
             generation["temperature"] = json!(t);
         }
         let mut body = json!({
-            "contents": contents(&request.items),
+            "contents": contents(request.items),
             "systemInstruction": {"parts": [{"text": request.system}]},
             "generationConfig": generation,
         });
@@ -94,7 +94,11 @@ impl Provider for Gemini {
         &self.endpoint.model
     }
 
-    async fn stream(&self, request: &ModelRequest, sink: &mut DeltaSink<'_>) -> Result<ModelResponse, ProviderError> {
+    async fn stream(
+        &self,
+        request: &ModelRequest<'_>,
+        sink: &mut DeltaSink<'_>,
+    ) -> Result<ModelResponse, ProviderError> {
         let mut headers = HeaderMap::new();
         headers.insert("x-goog-api-key", header_value(NAME, &self.api_key)?);
         let path = format!("/v1beta/models/{}:streamGenerateContent?alt=sse", self.endpoint.model);

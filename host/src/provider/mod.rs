@@ -84,15 +84,16 @@ pub fn retry_policy(section: &ProviderSection) -> RetryPolicy {
     }
 }
 
-/// Everything one model request needs.
+/// Everything one model request needs; it borrows the history and the
+/// tools rather than copying them for every request.
 #[derive(Clone, Debug)]
-pub struct ModelRequest {
+pub struct ModelRequest<'a> {
     /// System prompt, with this request's transient notes appended.
     pub system: String,
     /// The conversation so far.
-    pub items: Vec<Item>,
+    pub items: &'a [Item],
     /// Tools the model may call.
-    pub tools: Vec<ToolInfo>,
+    pub tools: &'a [ToolInfo],
     /// Cap on the response's tokens.
     pub max_tokens: u32,
     /// Sampling temperature, if set.
@@ -216,7 +217,11 @@ pub trait Provider: Send + Sync {
 
     /// One attempt at one response, reporting deltas to `sink` as they
     /// arrive. Retrying is [`stream_with_retries`]'s job.
-    async fn stream(&self, request: &ModelRequest, sink: &mut DeltaSink<'_>) -> Result<ModelResponse, ProviderError>;
+    async fn stream(
+        &self,
+        request: &ModelRequest<'_>,
+        sink: &mut DeltaSink<'_>,
+    ) -> Result<ModelResponse, ProviderError>;
 }
 
 /// How often and how patiently a transient failure is retried.
@@ -253,7 +258,7 @@ impl RetryPolicy {
 /// client has already seen part of the answer).
 pub async fn stream_with_retries(
     provider: &dyn Provider,
-    request: &ModelRequest,
+    request: &ModelRequest<'_>,
     policy: &RetryPolicy,
     sink: &mut DeltaSink<'_>,
 ) -> Result<ModelResponse, ProviderError> {

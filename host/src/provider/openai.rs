@@ -27,7 +27,7 @@ impl OpenAi {
         OpenAi { endpoint: Endpoint::new(model, base_url, "https://api.openai.com/v1", timeouts), api_key }
     }
 
-    fn body(&self, request: &ModelRequest) -> Value {
+    fn body(&self, request: &ModelRequest<'_>) -> Value {
         let tools: Vec<Value> = request
             .tools
             .iter()
@@ -39,7 +39,7 @@ impl OpenAi {
             .collect();
         let mut body = json!({
             "model": self.endpoint.model,
-            "messages": messages(&request.system, &request.items),
+            "messages": messages(&request.system, request.items),
             "max_tokens": request.max_tokens,
             "stream": true,
             "stream_options": {"include_usage": true},
@@ -96,7 +96,11 @@ impl Provider for OpenAi {
         &self.endpoint.model
     }
 
-    async fn stream(&self, request: &ModelRequest, sink: &mut DeltaSink<'_>) -> Result<ModelResponse, ProviderError> {
+    async fn stream(
+        &self,
+        request: &ModelRequest<'_>,
+        sink: &mut DeltaSink<'_>,
+    ) -> Result<ModelResponse, ProviderError> {
         let mut headers = HeaderMap::new();
         if let Some(key) = &self.api_key {
             headers.insert(AUTHORIZATION, header_value(NAME, &format!("Bearer {key}"))?);

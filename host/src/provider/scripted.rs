@@ -138,7 +138,11 @@ impl Provider for Scripted {
         &self.model
     }
 
-    async fn stream(&self, request: &ModelRequest, sink: &mut DeltaSink<'_>) -> Result<ModelResponse, ProviderError> {
+    async fn stream(
+        &self,
+        request: &ModelRequest<'_>,
+        sink: &mut DeltaSink<'_>,
+    ) -> Result<ModelResponse, ProviderError> {
         let turn = {
             let mut next = self.next.lock().unwrap();
             let turn = self.turns.get(*next).cloned();
