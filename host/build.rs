@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// Plugins compiled into every host, by crate name.
-const BUILTIN: &[&str] = &["fs-tools"];
+const BUILTIN: &[&str] = &["fs-tools", "pod-tools"];
 
 fn main() {
     let manifest_dir = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").unwrap());

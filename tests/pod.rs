@@ -96,7 +96,9 @@ impl Setup {
         let loaded = LoadedManifest::load(&self.manifest())?;
         let section = loaded.manifest.provider.clone().unwrap();
         let provider: Arc<dyn Provider> =
-            Arc::from(from_manifest(&section, &self.sb.root, &loaded.working_dir, &|_| None)?);
+            Arc::from(from_manifest(&section, &self.sb.root, &loaded.working_dir, &loaded.manifest.pod.name, &|_| {
+                None
+            })?);
         let options = HostOptions { cache_dir: shared_cache(), allocator: Allocator::Pooling };
         let plugins = Arc::new(PluginHost::with_plugins(&options, &[]).await?);
         start(PodSpec {
@@ -409,7 +411,7 @@ async fn compaction_summarises_into_a_new_session() {
     let loaded = LoadedManifest::load(&sb.root.join("pod.toml")).unwrap();
     let section = loaded.manifest.provider.clone().unwrap();
     let provider: Arc<dyn Provider> =
-        Arc::from(from_manifest(&section, &sb.root, &loaded.working_dir, &|_| None).unwrap());
+        Arc::from(from_manifest(&section, &sb.root, &loaded.working_dir, "compact", &|_| None).unwrap());
     let options = HostOptions { cache_dir: shared_cache(), allocator: Allocator::Pooling };
     let sessions = SessionStore::new(sb.root.join("sessions"));
     let pod = start(PodSpec {

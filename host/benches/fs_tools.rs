@@ -16,7 +16,6 @@ use grep_searcher::sinks::Lossy;
 use grep_searcher::{BinaryDetection, SearcherBuilder};
 use serde_json::json;
 use yoi_host::plugin::{Allocator, CallLimits, HostOptions, PluginHost, PodContext, truncate};
-use yoi_host::pod_state::PodState;
 use yoi_host::scope::{Permission, RuleSpec, Scope};
 
 const DIRS: usize = 200;
@@ -160,13 +159,12 @@ fn main() {
     let options = HostOptions { cache_dir: cache, allocator: Allocator::Pooling };
     let host = rt.block_on(PluginHost::with_plugins(&options, &[])).unwrap();
     let rule = RuleSpec { target: root.clone(), permission: Permission::Write, recursive: true };
-    let pod = Arc::new(PodContext {
-        name: "bench".into(),
-        working_dir: root.clone(),
-        scope: Scope::resolve(&[rule], &[], Path::new("/")).unwrap(),
-        limits: CallLimits { output_max_bytes: OUTPUT_CAP, ..CallLimits::default() },
-        state: PodState::new(),
-    });
+    let pod = Arc::new(PodContext::new(
+        "bench",
+        root.clone(),
+        Scope::resolve(&[rule], &[], Path::new("/")).unwrap(),
+        CallLimits { output_max_bytes: OUTPUT_CAP, ..CallLimits::default() },
+    ));
     let call = |tool: &str, input: serde_json::Value| {
         let out = rt.block_on(host.call(&pod, tool, &input.to_string())).unwrap();
         std::hint::black_box(out)

@@ -16,7 +16,6 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use yoi_host::plugin::cache::{CacheOutcome, ComponentCache};
 use yoi_host::plugin::engine::build_engine;
 use yoi_host::plugin::{Allocator, CallLimits, HostOptions, PluginHost, PluginSource, PodContext};
-use yoi_host::pod_state::PodState;
 use yoi_host::scope::{Permission, RuleSpec, Scope};
 
 fn guest(name: &str) -> PathBuf {
@@ -101,13 +100,7 @@ async fn trivial_call(allocator: Allocator, rounds: usize) -> (Duration, Duratio
     let dir = tempfile::tempdir().unwrap();
     let rule = RuleSpec { target: dir.path().to_path_buf(), permission: Permission::Write, recursive: true };
     let scope = Scope::resolve(&[rule], &[], Path::new("/")).unwrap();
-    let pod = Arc::new(PodContext {
-        name: "bench".into(),
-        working_dir: dir.path().to_path_buf(),
-        scope,
-        limits: CallLimits::default(),
-        state: PodState::new(),
-    });
+    let pod = Arc::new(PodContext::new("bench", dir.path().to_path_buf(), scope, CallLimits::default()));
     for _ in 0..200 {
         host.call(&pod, "Noop", "{}").await.unwrap();
     }

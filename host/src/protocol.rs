@@ -40,8 +40,13 @@ pub enum Method {
     },
     /// Ask for the history (answered with a `history` event).
     GetHistory {},
-    /// Stop the pod.
-    Shutdown {},
+    /// Stop the pod, and its child pods unless `detach_children` (then they
+    /// pass to the pod's parent, or run on by themselves).
+    Shutdown {
+        /// Keep the child pods running.
+        #[serde(default)]
+        detach_children: bool,
+    },
 }
 
 /// A parsed request line.

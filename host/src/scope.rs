@@ -5,6 +5,11 @@
 //! This module judges paths and knows nothing of wasmtime; `plugin` turns
 //! [`Scope::preopens`] into WASI preopens and never re-judges a path.
 //!
+//! Delegation: while a child pod holds part of a pod's write scope, the pod's
+//! effective scope is [`Scope::lending`] that part. The lent tree, and the
+//! directories on the way down to it, become read-only both in the rules the
+//! tools check and in the preopens themselves (DESIGN §5).
+//!
 //! How rules judge a canonical path lives in the `yoi-scope-rules` crate,
 //! which the builtin tools share, so both sides of the wasm boundary apply the
 //! very same semantics (DESIGN §5).
@@ -81,6 +86,9 @@ pub enum ScopeError {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Scope {
     rules: Rules,
+    /// Trees lent to child pods (see [`Scope::lending`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    lent: Vec<PathBuf>,
 }
 
 impl Deref for Scope {
@@ -121,12 +129,46 @@ impl Scope {
             })?;
             scope.deny.push(Rule { target, permission: spec.permission, recursive: spec.recursive });
         }
-        Ok(Scope { rules: scope })
+        Ok(Scope { rules: scope, lent: Vec::new() })
     }
 
     /// A scope of already canonical rules.
     pub fn from_rules(rules: Rules) -> Scope {
-        Scope { rules }
+        Scope { rules, lent: Vec::new() }
+    }
+
+    /// This scope while the trees in `lent` (canonical, each inside a write
+    /// rule) belong to child pods. Each lent tree is capped at read. So is
+    /// every directory from the write rule's target down to the lent tree
+    /// (those directories and their direct entries): renaming or removing
+    /// one of them would move the child's tree. Everything else keeps its
+    /// access; [`Scope::preopens`] gives those parts writable preopens of
+    /// their own.
+    pub fn lending(&self, lent: &[PathBuf]) -> Scope {
+        let mut rules = self.rules.clone();
+        let cap = |rules: &mut Rules, target: &Path, recursive: bool| {
+            let rule = Rule { target: target.to_path_buf(), permission: Permission::Write, recursive };
+            if !rules.deny.contains(&rule) {
+                rules.deny.push(rule);
+            }
+        };
+        for tree in lent {
+            cap(&mut rules, tree, true);
+            for rule in self.allow.iter().filter(|r| r.permission == Permission::Write) {
+                if tree == &rule.target || !tree.starts_with(&rule.target) {
+                    continue;
+                }
+                for dir in tree.ancestors().skip(1).take_while(|d| d.starts_with(&rule.target)) {
+                    cap(&mut rules, dir, false);
+                }
+            }
+        }
+        Scope { rules, lent: lent.to_vec() }
+    }
+
+    /// The trees lent to child pods.
+    pub fn lent(&self) -> &[PathBuf] {
+        &self.lent
     }
 
     /// The directories a plugin call gets: one per allow rule, read-write for
@@ -171,7 +213,49 @@ impl Scope {
             })
             .cloned()
             .collect();
-        kept
+        if self.lent.is_empty() {
+            return kept;
+        }
+        let mut split = Vec::new();
+        for preopen in kept {
+            if preopen.writable && self.lent.iter().any(|t| t != &preopen.dir && t.starts_with(&preopen.dir)) {
+                split.push(Preopen { dir: preopen.dir.clone(), writable: false });
+                self.writable_around_lent(&preopen.dir, &mut split);
+            } else {
+                split.push(preopen);
+            }
+        }
+        split
+    }
+
+    /// Writable preopens for the subdirectories of `dir` that hold no lent
+    /// tree, descending into those on the way to one. Files directly in
+    /// `dir` stay read-only (the caller preopened `dir` read-only). Symlinks
+    /// are not followed: a link's target is judged where it lies.
+    fn writable_around_lent(&self, dir: &Path, out: &mut Vec<Preopen>) {
+        let entries = match std::fs::read_dir(dir) {
+            Ok(entries) => entries,
+            Err(e) => {
+                tracing::warn!(dir = %dir.display(), "cannot list a directory around a lent tree: {e}");
+                return;
+            }
+        };
+        for entry in entries.flatten() {
+            if !entry.file_type().is_ok_and(|t| t.is_dir()) {
+                continue;
+            }
+            let path = entry.path();
+            if self.lent.iter().any(|t| t == &path) {
+                continue;
+            }
+            if self.lent.iter().any(|t| t.starts_with(&path)) {
+                self.writable_around_lent(&path, out);
+            } else if !self.deny.iter().any(|d| d.covers_tree(&path)) {
+                // A non-recursive cap on `dir` covers `path` itself (it may
+                // not be renamed) but not what lies inside it.
+                out.push(Preopen { dir: path, writable: true });
+            }
+        }
     }
 
     /// One line per rule, for greetings and error messages.
@@ -287,6 +371,43 @@ mod tests {
             deny: vec![],
         });
         assert_eq!(scope.preopens().len(), 2);
+    }
+
+    #[test]
+    fn lent_tree_and_the_way_down_to_it_become_read_only() {
+        let tmp = tempfile::tempdir().unwrap();
+        let p = tmp.path().canonicalize().unwrap();
+        for dir in ["src/lent/deep", "src/other", "docs", "notes"] {
+            std::fs::create_dir_all(p.join(dir)).unwrap();
+        }
+        std::fs::write(p.join("README"), "x").unwrap();
+        std::os::unix::fs::symlink(p.join("src/lent"), p.join("alias")).unwrap();
+        let own = scope(Rules {
+            allow: vec![rule(&p, Permission::Write, true)],
+            deny: vec![rule(&p.join("notes"), Permission::Write, true)],
+        });
+        let lending = own.lending(&[p.join("src/lent")]);
+
+        // The rules the tools check.
+        assert_eq!(lending.access(&p.join("src/lent/deep/f.rs")), Access::Read);
+        assert_eq!(lending.access(&p.join("src/lent")), Access::Read);
+        assert_eq!(lending.access(&p.join("README")), Access::Read);
+        assert_eq!(lending.access(&p.join("src/main.rs")), Access::Read);
+        assert_eq!(lending.access(&p.join("src/other/f.rs")), Access::Write);
+        assert_eq!(lending.access(&p.join("docs/f.md")), Access::Write);
+
+        // The capability: no writable preopen reaches the lent tree, by any path.
+        let mut preopens = lending.preopens();
+        preopens.sort_by(|a, b| a.dir.cmp(&b.dir));
+        let expect = |dir: &str, writable: bool| Preopen { dir: p.join(dir), writable };
+        assert_eq!(preopens, vec![expect("", false), expect("docs", true), expect("src/other", true)]);
+        for preopen in preopens.iter().filter(|p| p.writable) {
+            assert!(!p.join("src/lent").starts_with(&preopen.dir));
+        }
+
+        // Given back, the whole tree is writable again.
+        assert_eq!(own.lending(&[]).preopens(), own.preopens());
+        assert_eq!(own.preopens(), vec![expect("", true)]);
     }
 
     #[test]

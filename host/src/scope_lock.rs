@@ -10,7 +10,11 @@
 //!
 //! Overlap is judged conservatively on targets: two write targets overlap
 //! when one contains the other, whatever their `recursive` flags and deny
-//! rules say.
+//! rules say. The one exception is delegation: a child pod's claim lies
+//! inside its ancestors' claims (the ancestors no longer write there, see
+//! `Scope::lending`), so a claim may overlap those of its own ancestors in
+//! the same process. When a claim goes, whether released or reclaimed from
+//! a dead process, the claims of its children pass to its own parent.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -29,6 +33,9 @@ pub struct Claim {
     pub pid: u32,
     /// The owner's start time (clock ticks since boot), against pid reuse.
     pub started: u64,
+    /// The pod that delegated this scope, if any (same process).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<String>,
     /// The pod's write targets (canonical).
     pub write: Vec<PathBuf>,
 }
@@ -36,6 +43,34 @@ pub struct Claim {
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct Table {
     claims: Vec<Claim>,
+}
+
+impl Table {
+    /// Removes the claims `gone` picks; their children pass to their parent.
+    fn remove(&mut self, gone: impl Fn(&Claim) -> bool) {
+        let (removed, kept): (Vec<Claim>, Vec<Claim>) = self.claims.drain(..).partition(|c| gone(c));
+        self.claims = kept;
+        for claim in &mut self.claims {
+            // Climb past every removed ancestor.
+            while let Some(parent) =
+                removed.iter().find(|r| r.pid == claim.pid && Some(&r.pod) == claim.parent.as_ref())
+            {
+                claim.parent = parent.parent.clone();
+            }
+        }
+    }
+
+    /// Whether `other` is `pod`'s parent, grandparent, ... in process `pid`.
+    fn is_ancestor(&self, other: &Claim, pid: u32, parent: Option<&str>) -> bool {
+        let mut next = parent.map(str::to_string);
+        while let Some(name) = next {
+            if other.pid == pid && other.pod == name {
+                return true;
+            }
+            next = self.claims.iter().find(|c| c.pid == pid && c.pod == name).and_then(|c| c.parent.clone());
+        }
+        false
+    }
 }
 
 /// The lock file.
@@ -54,7 +89,7 @@ pub struct ClaimGuard {
 impl Drop for ClaimGuard {
     fn drop(&mut self) {
         let pid = std::process::id();
-        if let Err(e) = self.lock.update(|table| table.claims.retain(|c| !(c.pid == pid && c.pod == self.pod))) {
+        if let Err(e) = self.lock.update(|table| table.remove(|c| c.pid == pid && c.pod == self.pod)) {
             tracing::warn!(pod = %self.pod, "cannot release the scope lock: {e:#}");
         }
     }
@@ -66,17 +101,19 @@ impl ScopeLock {
         ScopeLock { path: path.into() }
     }
 
-    /// Claims `write` for `pod`, or explains which live pod holds an
-    /// overlapping target.
-    pub fn claim(&self, pod: &str, write: &[PathBuf]) -> anyhow::Result<ClaimGuard> {
+    /// Claims `write` for `pod`, a child of `parent` (a pod of this process)
+    /// if given, or explains which live pod holds an overlapping target.
+    pub fn claim(&self, pod: &str, parent: Option<&str>, write: &[PathBuf]) -> anyhow::Result<ClaimGuard> {
+        let pid = std::process::id();
         let me = Claim {
             pod: pod.to_string(),
-            pid: std::process::id(),
-            started: start_time(std::process::id()).unwrap_or(0),
+            pid,
+            started: start_time(pid).unwrap_or(0),
+            parent: parent.map(str::to_string),
             write: write.to_vec(),
         };
         self.update(|table| {
-            for other in &table.claims {
+            for other in table.claims.iter().filter(|o| !table.is_ancestor(o, pid, parent)) {
                 for mine in write {
                     if let Some(theirs) = other.write.iter().find(|t| t.starts_with(mine) || mine.starts_with(t)) {
                         bail!(
@@ -121,7 +158,7 @@ impl ScopeLock {
         } else {
             serde_json::from_str(&text).with_context(|| format!("{} is damaged", self.path.display()))?
         };
-        table.claims.retain(|c| start_time(c.pid).is_some_and(|t| c.started == 0 || t == c.started));
+        table.remove(|c| !start_time(c.pid).is_some_and(|t| c.started == 0 || t == c.started));
         let result = change(&mut table);
         write_table(&mut file, &table)?;
         Ok(result)
@@ -154,15 +191,15 @@ mod tests {
     fn overlapping_write_scopes_are_refused_until_released() {
         let tmp = tempfile::tempdir().unwrap();
         let lock = ScopeLock::new(tmp.path().join("run/scope.lock"));
-        let a = lock.claim("a", &["/p/src".into()]).unwrap();
+        let a = lock.claim("a", None, &["/p/src".into()]).unwrap();
         for overlapping in ["/p", "/p/src", "/p/src/deep"] {
-            let err = lock.claim("b", &[overlapping.into()]).unwrap_err();
+            let err = lock.claim("b", None, &[overlapping.into()]).unwrap_err();
             assert!(err.to_string().contains("held by pod \"a\""), "{err}");
         }
-        let b = lock.claim("b", &["/p/srcx".into(), "/q".into()]).unwrap();
+        let b = lock.claim("b", None, &["/p/srcx".into(), "/q".into()]).unwrap();
         assert_eq!(lock.claims().unwrap().len(), 2);
         drop(a);
-        let c = lock.claim("c", &["/p/src".into()]).unwrap();
+        let c = lock.claim("c", None, &["/p/src".into()]).unwrap();
         drop((b, c));
         assert!(lock.claims().unwrap().is_empty());
     }
@@ -171,13 +208,42 @@ mod tests {
     fn claims_of_dead_processes_are_reclaimed() {
         let tmp = tempfile::tempdir().unwrap();
         let lock = ScopeLock::new(tmp.path().join("scope.lock"));
-        let dead = Claim { pod: "ghost".into(), pid: u32::MAX - 1, started: 1, write: vec!["/p".into()] };
-        let reused = Claim { pod: "old".into(), pid: std::process::id(), started: 1, write: vec!["/q".into()] };
+        let claim = |pod: &str, pid, parent: Option<&str>, write: &str| Claim {
+            pod: pod.into(),
+            pid,
+            started: 1,
+            parent: parent.map(str::to_string),
+            write: vec![write.into()],
+        };
+        let dead = claim("ghost", u32::MAX - 1, None, "/p");
+        let reused = claim("old", std::process::id(), None, "/q");
         std::fs::write(lock.path.clone(), serde_json::to_vec(&Table { claims: vec![dead, reused] }).unwrap()).unwrap();
-        let _p = lock.claim("new", &["/p".into(), "/q".into()]).unwrap();
+        let _p = lock.claim("new", None, &["/p".into(), "/q".into()]).unwrap();
         let claims = lock.claims().unwrap();
         assert_eq!(claims.len(), 1);
         assert_eq!(claims[0].pod, "new");
         assert!(start_time(std::process::id()).is_some());
+    }
+
+    #[test]
+    fn children_overlap_only_their_ancestors_and_pass_to_the_grandparent() {
+        let tmp = tempfile::tempdir().unwrap();
+        let lock = ScopeLock::new(tmp.path().join("scope.lock"));
+        let lead = lock.claim("lead", None, &["/p".into()]).unwrap();
+        let worker = lock.claim("lead.w", Some("lead"), &["/p/src".into()]).unwrap();
+        let _helper = lock.claim("lead.w.h", Some("lead.w"), &["/p/src/a".into()]).unwrap();
+        // A sibling may not overlap the worker, nor a stranger the lead.
+        let err = lock.claim("lead.v", Some("lead"), &["/p/src/b".into()]).unwrap_err();
+        assert!(err.to_string().contains("held by pod \"lead.w\""), "{err}");
+        assert!(lock.claim("other", None, &["/p/docs".into()]).is_err());
+        let _sibling = lock.claim("lead.v", Some("lead"), &["/p/docs".into()]).unwrap();
+        // The worker goes: its child now belongs to the lead.
+        drop(worker);
+        let claims = lock.claims().unwrap();
+        let helper = claims.iter().find(|c| c.pod == "lead.w.h").unwrap();
+        assert_eq!(helper.parent.as_deref(), Some("lead"));
+        drop(lead);
+        let claims = lock.claims().unwrap();
+        assert!(claims.iter().all(|c| c.parent.is_none()), "{claims:?}");
     }
 }

@@ -8,7 +8,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use yoi_host::plugin::{Allocator, CallLimits, HostOptions, PluginHost, PodContext};
-use yoi_host::pod_state::PodState;
 use yoi_host::scope::{Permission, RuleSpec, Scope};
 
 /// Where the build put the guest components.
@@ -83,5 +82,5 @@ pub fn rule(target: &Path, permission: Permission) -> RuleSpec {
 pub fn pod(allow: &[RuleSpec], deny: &[RuleSpec], limits: CallLimits) -> Arc<PodContext> {
     let scope = Scope::resolve(allow, deny, Path::new("/")).unwrap();
     let working_dir = scope.allow.first().map(|r| r.target.clone()).unwrap_or_else(|| "/".into());
-    Arc::new(PodContext { name: "test".into(), working_dir, scope, limits, state: PodState::new() })
+    Arc::new(PodContext::new("test", working_dir, scope, limits))
 }

@@ -21,7 +21,6 @@ use clap::{Args, Parser, Subcommand};
 use crate::home::Home;
 use crate::manifest::LoadedManifest;
 use crate::plugin::{Allocator, HostOptions, PluginHost, PodContext, ToolError, ToolErrorKind};
-use crate::pod_state::PodState;
 
 /// Hosts LLM agent pods whose tools run as WebAssembly components.
 #[derive(Parser, Debug)]
@@ -216,13 +215,12 @@ async fn tool_call(dirs: &PluginDirs, manifest: &std::path::Path, tool: &str, in
     for e in host.load_errors() {
         eprintln!("yoi-host: plugin not loaded: {e}");
     }
-    let pod = Arc::new(PodContext {
-        name: loaded.manifest.pod.name.clone(),
-        working_dir: loaded.working_dir.clone(),
-        scope: loaded.scope.clone(),
-        limits: loaded.call_limits(),
-        state: PodState::new(),
-    });
+    let pod = Arc::new(PodContext::new(
+        &loaded.manifest.pod.name,
+        loaded.working_dir.clone(),
+        loaded.scope.clone(),
+        loaded.call_limits(),
+    ));
     let result = match serde_json::from_str::<serde_json::Value>(input) {
         Ok(value) if value.is_object() => host.call(&pod, tool, input).await,
         Ok(_) => Err(ToolError::new(ToolErrorKind::InvalidInput, "the input must be a JSON object")),

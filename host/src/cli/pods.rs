@@ -66,7 +66,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let (provider, retry): (Option<Arc<dyn Provider>>, RetryPolicy) = match &loaded.manifest.provider {
         Some(section) => {
             let env = |var: &str| std::env::var(var).ok();
-            let p = provider::from_manifest(section, &base, &loaded.working_dir, &env)?;
+            let p = provider::from_manifest(section, &base, &loaded.working_dir, &name, &env)?;
             (Some(Arc::from(p)), provider::retry_policy(section))
         }
         None => (None, RetryPolicy::default()),
@@ -104,7 +104,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
                         running = false;
                         if args.once {
                             code = ExitCode::from(exit_code(outcome));
-                            handle.request_with(Method::Shutdown {}, reply.clone()).await;
+                            handle.request_with(Method::Shutdown { detach_children: false }, reply.clone()).await;
                         }
                     }
                 }
@@ -115,7 +115,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
                 renderer.show(&answer)?;
                 if args.once && matches!(answer, WireEvent::Pod(PodEvent::Error { .. })) && !running {
                     code = ExitCode::from(1);
-                    handle.request_with(Method::Shutdown {}, reply.clone()).await;
+                    handle.request_with(Method::Shutdown { detach_children: false }, reply.clone()).await;
                 }
             }
             _ = tokio::signal::ctrl_c() => {
@@ -125,7 +125,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
                     handle.request_with(Method::Cancel {}, reply.clone()).await;
                 } else if interrupts <= 2 {
                     eprintln!("\nyoi-host: shutting down");
-                    handle.request_with(Method::Shutdown {}, reply.clone()).await;
+                    handle.request_with(Method::Shutdown { detach_children: false }, reply.clone()).await;
                 } else {
                     return Ok(ExitCode::from(130));
                 }
@@ -248,7 +248,7 @@ pub async fn cancel(pod: &str) -> anyhow::Result<ExitCode> {
 /// `stop`
 pub async fn stop(pod: &str) -> anyhow::Result<ExitCode> {
     let mut client = connect(pod).await?;
-    client.send(&Method::Shutdown {}).await?;
+    client.send(&Method::Shutdown { detach_children: false }).await?;
     let wait = async {
         while let Some(event) = client.next().await? {
             if matches!(event, WireEvent::Pod(PodEvent::Shutdown)) {

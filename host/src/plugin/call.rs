@@ -7,7 +7,7 @@
 //! only that instance.
 
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use wasmtime::component::ResourceTable;
@@ -15,6 +15,7 @@ use wasmtime::{ResourceLimiter, Store, UpdateDeadline};
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use super::bindings::{Plugin, PluginPre};
+use super::host::pods::PodControl;
 use super::output::Capture;
 use super::result::{ToolError, ToolErrorKind};
 use crate::pod_state::PodState;
@@ -37,33 +38,57 @@ impl Default for CallLimits {
     }
 }
 
-/// The calling pod, as a plugin call needs it. The pod layer builds a new one
-/// whenever the pod's effective scope changes.
-#[derive(Clone, Debug)]
+/// The calling pod, as a plugin call needs it.
 pub struct PodContext {
     /// The pod's name.
     pub name: String,
     /// The pod's working directory (absolute).
     pub working_dir: PathBuf,
-    /// The pod's current effective scope.
-    pub scope: Scope,
+    /// The pod's current effective scope; it changes while the pod lends part
+    /// of it to child pods, and each call takes the scope of its start.
+    scope: RwLock<Arc<Scope>>,
     /// Limits for each call.
     pub limits: CallLimits,
     /// The pod's plugin state store.
     pub state: PodState,
+    /// Child pods, when the pod is served by a host that runs them.
+    pub control: Option<Arc<dyn PodControl>>,
+}
+
+impl std::fmt::Debug for PodContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PodContext").field("name", &self.name).field("scope", &self.scope()).finish_non_exhaustive()
+    }
 }
 
 impl PodContext {
+    /// A context for the pod `name` with `scope`; no child pods.
+    pub fn new(name: &str, working_dir: PathBuf, scope: Scope, limits: CallLimits) -> PodContext {
+        PodContext {
+            name: name.to_string(),
+            working_dir,
+            scope: RwLock::new(Arc::new(scope)),
+            limits,
+            state: PodState::new(),
+            control: None,
+        }
+    }
+
     /// A context with no scope at all, used to ask plugins to describe
     /// themselves.
     pub fn detached() -> PodContext {
-        PodContext {
-            name: String::new(),
-            working_dir: PathBuf::from("/"),
-            scope: Scope::default(),
-            limits: CallLimits { timeout: Duration::from_secs(10), ..CallLimits::default() },
-            state: PodState::new(),
-        }
+        let limits = CallLimits { timeout: Duration::from_secs(10), ..CallLimits::default() };
+        PodContext::new("", PathBuf::from("/"), Scope::default(), limits)
+    }
+
+    /// The effective scope now.
+    pub fn scope(&self) -> Arc<Scope> {
+        self.scope.read().unwrap().clone()
+    }
+
+    /// Replaces the effective scope; calls that start later see it.
+    pub fn set_scope(&self, scope: Scope) {
+        *self.scope.write().unwrap() = Arc::new(scope);
     }
 }
 
@@ -186,7 +211,7 @@ fn wasi_context(pod: &PodContext, stdout: &Capture, stderr: &Capture) -> WasiCtx
         .allow_tcp(false)
         .allow_udp(false)
         .allow_ip_name_lookup(false);
-    for preopen in pod.scope.preopens() {
+    for preopen in pod.scope().preopens() {
         let perms = if preopen.writable { FsPerms::ReadWrite } else { FsPerms::ReadOnly };
         let guest_path = preopen.dir.to_string_lossy().into_owned();
         if let Err(e) = builder.preopened_dir(&preopen.dir, guest_path, perms) {

@@ -37,6 +37,7 @@ pub use call::{CallLimits, PodContext};
 use call::{CallState, PluginLabel, with_fresh_instance};
 pub use engine::Allocator;
 use engine::EpochTicker;
+pub use host::pods::{ChildOutput, ChildState, ChildSummary, PodControl, Refusal, SpawnRequest};
 pub use result::{ToolError, ToolErrorKind, ToolOutput, truncate};
 
 /// The version of the `yoi:plugin` WIT package this host speaks.

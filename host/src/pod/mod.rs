@@ -11,16 +11,19 @@
 //! lives in [`Shared`].
 //!
 //! Parts: `server` (socket, connections, slow clients), `runtime_dir`
-//! (claim, status files, cleanup), `prompt` (system prompt), `compaction`.
+//! (claim, status files, cleanup), `prompt` (system prompt), `compaction`,
+//! `family` (child pods), `progress` (state and output for other pods).
 
 mod compaction;
+pub mod family;
+mod progress;
 pub mod prompt;
 pub mod runtime_dir;
 mod server;
 
 use std::collections::HashSet;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 
 use serde_json::{Map, Value};
 use tokio::sync::{broadcast, mpsc};
@@ -30,11 +33,12 @@ use crate::agent::{Agent, AgentConfig, Event, Hooks, Outcome, PluginTools, ToolD
 use crate::history::{Item, pending_calls};
 use crate::manifest::LoadedManifest;
 use crate::plugin::{PluginHost, PodContext};
-use crate::pod_state::PodState;
 use crate::protocol::{ErrorCode, Greeting, Method, PodEvent, Request, WireEvent, error};
 use crate::provider::{Provider, RetryPolicy, Usage};
 use crate::scope_lock::{ClaimGuard, ScopeLock};
 use crate::session::{Entry, SessionStore, SessionWriter};
+use family::{Family, FamilyConfig};
+pub use progress::Progress;
 use runtime_dir::{RuntimeDir, Status};
 
 /// Events buffered per client before a slow client is dropped.
@@ -43,7 +47,7 @@ pub const CLIENT_BUFFER: usize = 1024;
 /// The plugin whose state holds the read tracker (files a pod touched).
 const FS_TOOLS: &str = "fs_tools";
 
-/// What a pod needs to start.
+/// What an operator's pod needs to start.
 pub struct PodSpec {
     /// The manifest, loaded and resolved.
     pub manifest: LoadedManifest,
@@ -61,6 +65,23 @@ pub struct PodSpec {
     pub resume: Option<String>,
     /// The machine-wide scope lock.
     pub scope_lock: ScopeLock,
+}
+
+/// What one pod of a family needs to start; the rest is the family's.
+pub(crate) struct MemberSpec {
+    manifest: LoadedManifest,
+    provider: Option<Arc<dyn Provider>>,
+    retry: RetryPolicy,
+    resume: Option<String>,
+}
+
+/// What a pod tells its family about itself (the family passes it on to
+/// the parent as notes).
+pub(crate) enum Lifecycle {
+    /// A run ended.
+    RunEnd(Outcome),
+    /// Something went wrong outside a run's outcome.
+    Error(String),
 }
 
 /// The pod's state.
@@ -97,6 +118,10 @@ pub struct Shared {
     pod_context: Arc<PodContext>,
     greeting: Greeting,
     runtime: RuntimeDir,
+    /// State and output, for other pods.
+    progress: Arc<Progress>,
+    /// Lifecycle events for the family.
+    lifecycle: mpsc::UnboundedSender<Lifecycle>,
     /// The pod's write scope, held in the machine-wide lock until the pod ends.
     _scope: ClaimGuard,
 }
@@ -129,6 +154,7 @@ impl Shared {
 
     fn set_state(&self, state: State) {
         *self.state.lock().unwrap() = state;
+        self.progress.set_state(Some(state));
         let status = Status {
             pod: self.name.clone(),
             pid: std::process::id(),
@@ -162,7 +188,8 @@ impl Shared {
 
 /// Messages to the controller.
 pub enum Command {
-    /// A client's request; `reply` reaches only that client.
+    /// A client's request; `reply` reaches only that client (and is dropped
+    /// once the request is decided).
     Request {
         /// The request.
         request: Request,
@@ -191,6 +218,9 @@ pub struct PodHandle {
     pub name: String,
     done: Arc<tokio::sync::Notify>,
     finished: Arc<Mutex<bool>>,
+    /// State and output, readable without asking the controller.
+    pub progress: Arc<Progress>,
+    family: Weak<Family>,
 }
 
 impl PodHandle {
@@ -217,7 +247,21 @@ impl PodHandle {
         self.events.subscribe()
     }
 
-    /// Waits until the pod has shut down and cleaned up.
+    /// Whether the pod has stopped (its controller ended).
+    pub fn is_stopped(&self) -> bool {
+        self.progress.state().is_none()
+    }
+
+    /// Waits until this pod and every pod it detached have shut down.
+    pub async fn wait_family(&self) {
+        self.wait().await;
+        if let Some(family) = self.family.upgrade() {
+            family.wait_all().await;
+        }
+    }
+
+    /// Waits until the pod has shut down and cleaned up (its children
+    /// included, unless detached).
     pub async fn wait(&self) {
         loop {
             let notified = self.done.notified();
@@ -229,12 +273,33 @@ impl PodHandle {
     }
 }
 
-/// Starts a pod: claims its runtime directory, opens (or continues) its
-/// session, binds its socket and spawns its controller.
+/// Starts an operator's pod, the root of a new family: claims its runtime
+/// directory, opens (or continues) its session, binds its socket and spawns
+/// its controller.
 pub async fn start(spec: PodSpec) -> anyhow::Result<PodHandle> {
+    let family = Family::new(FamilyConfig {
+        plugins: spec.plugins,
+        sessions: spec.sessions,
+        runtime_root: spec.runtime_root,
+        scope_lock: spec.scope_lock,
+    });
+    let member =
+        MemberSpec { manifest: spec.manifest, provider: spec.provider, retry: spec.retry, resume: spec.resume };
+    family.start(member).await
+}
+
+/// Starts one pod of `family`, a child of `parent` if given.
+async fn start_pod(
+    spec: MemberSpec,
+    family: &Arc<Family>,
+    config: &FamilyConfig,
+    pod_context: Arc<PodContext>,
+    parent: Option<&str>,
+    lifecycle: mpsc::UnboundedSender<Lifecycle>,
+) -> anyhow::Result<PodHandle> {
     let manifest = &spec.manifest;
     let name = manifest.manifest.pod.name.clone();
-    let runtime = RuntimeDir::claim(&spec.runtime_root, &name)?;
+    let runtime = RuntimeDir::claim(&config.runtime_root, &name)?;
     let write_targets: Vec<PathBuf> = manifest
         .scope
         .allow
@@ -242,17 +307,17 @@ pub async fn start(spec: PodSpec) -> anyhow::Result<PodHandle> {
         .filter(|r| r.permission == crate::scope::Permission::Write)
         .map(|r| r.target.clone())
         .collect();
-    let scope_claim = spec.scope_lock.claim(&name, &write_targets)?;
+    let scope_claim = config.scope_lock.claim(&name, parent, &write_targets)?;
     let mut last_usage = None;
     let (history, session) = match &spec.resume {
         Some(id) => {
-            let loaded = spec.sessions.load(id)?;
+            let loaded = config.sessions.load(id)?;
             if loaded.pod != name {
                 anyhow::bail!("session {id} belongs to pod {:?}, not {name:?}", loaded.pod);
             }
             let mut items = loaded.items;
             last_usage = loaded.last_usage;
-            let mut writer = spec.sessions.reopen(id)?;
+            let mut writer = config.sessions.reopen(id)?;
             // A crash mid-tool-call leaves calls without results: answer them.
             for (id, name, _) in pending_calls(&items) {
                 let item = Item::ToolResult {
@@ -266,17 +331,10 @@ pub async fn start(spec: PodSpec) -> anyhow::Result<PodHandle> {
             }
             (items, writer)
         }
-        None => (Vec::new(), spec.sessions.create(&name, None)?),
+        None => (Vec::new(), config.sessions.create(&name, None)?),
     };
     runtime.write_atomic("manifest.toml", toml::to_string(&manifest.manifest)?.as_bytes())?;
     let system = prompt::system_prompt(manifest)?;
-    let pod_context = Arc::new(PodContext {
-        name: name.clone(),
-        working_dir: manifest.working_dir.clone(),
-        scope: manifest.scope.clone(),
-        limits: manifest.call_limits(),
-        state: PodState::new(),
-    });
     let (provider_kind, model) = match &manifest.manifest.provider {
         Some(p) => (format!("{:?}", p.kind).to_lowercase(), p.model.clone()),
         None => ("none".to_string(), String::new()),
@@ -287,7 +345,7 @@ pub async fn start(spec: PodSpec) -> anyhow::Result<PodHandle> {
         provider: provider_kind,
         model,
         scope: manifest.scope.summary(),
-        tools: spec.plugins.tools().map(|t| t.name.clone()).collect(),
+        tools: config.plugins.tools().map(|t| t.name.clone()).collect(),
         session: String::new(),
         state: String::new(),
     };
@@ -303,6 +361,8 @@ pub async fn start(spec: PodSpec) -> anyhow::Result<PodHandle> {
         pod_context,
         greeting,
         runtime,
+        progress: Arc::new(Progress::default()),
+        lifecycle,
         _scope: scope_claim,
     });
     let socket = shared.runtime.socket();
@@ -317,12 +377,14 @@ pub async fn start(spec: PodSpec) -> anyhow::Result<PodHandle> {
         name,
         done: Arc::new(tokio::sync::Notify::new()),
         finished: Arc::new(Mutex::new(false)),
+        progress: shared.progress.clone(),
+        family: Arc::downgrade(family),
     };
     let server = tokio::spawn(server::serve(listener, commands.clone(), shared.clone()));
     let controller = Controller {
         shared,
         commands,
-        plugins: spec.plugins,
+        plugins: config.plugins.clone(),
         provider: spec.provider,
         config: AgentConfig {
             system,
@@ -333,18 +395,24 @@ pub async fn start(spec: PodSpec) -> anyhow::Result<PodHandle> {
         },
         compaction: manifest.manifest.compaction.clone(),
         pause_before: manifest.manifest.agent.pause_before.clone(),
-        sessions: spec.sessions,
+        sessions: config.sessions.clone(),
         state: State::Idle,
         cancel: None,
     };
     let done = handle.done.clone();
     let finished = handle.finished.clone();
+    let progress = handle.progress.clone();
+    let family = family.clone();
+    let name = handle.name.clone();
     tokio::spawn(async move {
-        controller.run(rx).await;
+        let detach = controller.run(rx).await;
+        progress.set_state(None);
+        family.stop_children(&name, detach).await;
         server.abort();
         // Once the server task is gone, nothing else holds the pod's runtime
         // dir or scope claim: both are released here.
         let _ = server.await;
+        family.stopped(&name).await;
         *finished.lock().unwrap() = true;
         done.notify_waiters();
     });
@@ -366,8 +434,11 @@ struct Controller {
 }
 
 impl Controller {
-    async fn run(mut self, mut rx: mpsc::Receiver<Command>) {
+    /// Serves requests until shutdown; says whether the pod's children are
+    /// to be detached rather than stopped.
+    async fn run(mut self, mut rx: mpsc::Receiver<Command>) -> bool {
         let mut shutting_down = false;
+        let mut detach = false;
         while let Some(command) = rx.recv().await {
             match command {
                 Command::Request { request, reply } => {
@@ -417,8 +488,9 @@ impl Controller {
                             let history = PodEvent::History { items, greeting: self.shared.greeting() };
                             let _ = reply.send(history.into()).await;
                         }
-                        Method::Shutdown {} => {
+                        Method::Shutdown { detach_children } => {
                             shutting_down = true;
+                            detach = detach_children;
                             match (&self.cancel, self.state) {
                                 (Some(c), State::Running) => c.cancel(),
                                 _ => break,
@@ -442,6 +514,7 @@ impl Controller {
         }
         self.shared.broadcast(PodEvent::Shutdown);
         tracing::debug!(pod = %self.shared.name, "shut down");
+        detach
     }
 
     fn notify(&mut self, message: String) {
@@ -460,10 +533,12 @@ impl Controller {
         let outcome = match result {
             Ok(outcome) => outcome,
             Err(message) => {
+                let _ = self.shared.lifecycle.send(Lifecycle::Error(message.clone()));
                 self.shared.broadcast(error(ErrorCode::ProviderError, message, None));
                 Outcome::Failed
             }
         };
+        let _ = self.shared.lifecycle.send(Lifecycle::RunEnd(outcome));
         self.shared.log(&Entry::RunEnd { outcome });
         self.state = if outcome == Outcome::Paused { State::Paused } else { State::Idle };
         self.shared.set_state(self.state);
@@ -506,6 +581,8 @@ impl Controller {
                 Event::ItemAppended { item } => sink_shared.append(item),
                 other => {
                     match &other {
+                        Event::TextDelta { text } => sink_shared.progress.push_text(text),
+                        Event::TextDone { .. } => sink_shared.progress.end_message(),
                         Event::Usage { usage } => {
                             *sink_shared.last_usage.lock().unwrap() = Some(*usage);
                             sink_shared.log(&Entry::Usage { usage: *usage });

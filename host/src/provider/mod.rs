@@ -31,11 +31,13 @@ use crate::plugin::ToolInfo;
 /// Builds the provider a manifest asks for. API keys come from `env`
 /// (the process environment in production); a missing key is an error that
 /// names the variable. `base` resolves a relative script path; `cwd` is the
-/// pod's working directory (for the scripted provider's `${cwd}`).
+/// pod's working directory (for the scripted provider's `${cwd}`), `pod`
+/// the pod's name (a script may hold turns for several pods).
 pub fn from_manifest(
     section: &ProviderSection,
     base: &Path,
     cwd: &Path,
+    pod: &str,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> anyhow::Result<Box<dyn Provider>> {
     let timeouts = http::Timeouts {
@@ -70,7 +72,7 @@ pub fn from_manifest(
         }
         ProviderKind::Scripted => {
             let Some(script) = &section.script else { bail!("key `provider.script`: missing") };
-            Box::new(scripted::Scripted::load(&section.model, &base.join(script), cwd)?)
+            Box::new(scripted::Scripted::load(&section.model, &base.join(script), cwd, pod)?)
         }
     })
 }

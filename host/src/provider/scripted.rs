@@ -14,6 +14,9 @@
 //! ```
 //!
 //! Each request consumes the next turn; an `error` turn fails that request.
+//! A script for a family of pods gives each child its own turns under
+//! `"pods": {"lead.worker": [...]}` (by full pod name); `turns` are for
+//! every other pod.
 //! `${cwd}` in text and arguments becomes the pod's working directory.
 //! `arguments_raw` gives argument text verbatim (to play a model that sends
 //! broken JSON). `delay_ms` waits before the first delta; `chunk_delay_ms`
@@ -36,6 +39,9 @@ const NAME: &str = "scripted";
 pub struct Script {
     /// The turns, in order.
     pub turns: Vec<Turn>,
+    /// Turns of particular pods, by pod name.
+    #[serde(default)]
+    pub pods: std::collections::BTreeMap<String, Vec<Turn>>,
 }
 
 /// One scripted model response (or failure).
@@ -98,12 +104,15 @@ impl Scripted {
         Scripted { model: model.to_string(), turns: script.turns, next: Mutex::new(0), cwd: cwd.display().to_string() }
     }
 
-    /// Reads a script file.
-    pub fn load(model: &str, path: &Path, cwd: &Path) -> anyhow::Result<Scripted> {
+    /// Reads a script file, taking the turns of `pod`.
+    pub fn load(model: &str, path: &Path, cwd: &Path, pod: &str) -> anyhow::Result<Scripted> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| anyhow::anyhow!("cannot read the script {}: {e}", path.display()))?;
-        let script: Script =
+        let mut script: Script =
             serde_json::from_str(&text).map_err(|e| anyhow::anyhow!("invalid script {}: {e}", path.display()))?;
+        if let Some(turns) = script.pods.remove(pod) {
+            script.turns = turns;
+        }
         Ok(Scripted::new(model, script, cwd))
     }
 

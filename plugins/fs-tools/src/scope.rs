@@ -109,7 +109,8 @@ impl Context {
             .collect();
         parts.extend(self.rules.deny.iter().map(|r| {
             let verb = if r.permission == Permission::Write { "not write" } else { "not read" };
-            format!("{verb} {}", r.target.display())
+            let depth = if r.recursive { "" } else { " (itself and its direct entries)" };
+            format!("{verb} {}{depth}", r.target.display())
         }));
         if parts.is_empty() { "reach no files".to_string() } else { parts.join(", ") }
     }

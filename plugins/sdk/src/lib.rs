@@ -13,7 +13,7 @@
 
 wit_bindgen::generate!({
     path: "../../wit",
-    world: "yoi:plugin/plugin",
+    world: "yoi:plugin/orchestrator",
     pub_export_macro: true,
     export_macro_name: "export_plugin",
     default_bindings_module: "yoi_plugin_sdk",
@@ -21,7 +21,7 @@ wit_bindgen::generate!({
 
 pub use exports::yoi::plugin::tool::Guest;
 pub use yoi::plugin::types::{ToolError, ToolInfo, ToolOutput};
-pub use yoi::plugin::{context, log, state};
+pub use yoi::plugin::{context, log, pods, state};
 
 /// Parses the model's JSON arguments into `T`, or explains what is wrong.
 pub fn parse_input<T: serde::de::DeserializeOwned>(input: &str) -> Result<T, ToolError> {

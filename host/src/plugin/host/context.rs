@@ -4,7 +4,7 @@ use crate::plugin::bindings::{WitPermission, WitPodInfo, WitScopeRule, context};
 use crate::plugin::call::CallState;
 use crate::scope::{Permission, Rule};
 
-fn wit_rule(rule: &Rule) -> WitScopeRule {
+pub(super) fn wit_rule(rule: &Rule) -> WitScopeRule {
     WitScopeRule {
         target: rule.target.to_string_lossy().into_owned(),
         permission: match rule.permission {
@@ -18,11 +18,12 @@ fn wit_rule(rule: &Rule) -> WitScopeRule {
 impl context::Host for CallState {
     fn pod(&mut self) -> WitPodInfo {
         let pod = &self.pod;
+        let scope = pod.scope();
         WitPodInfo {
             name: pod.name.clone(),
             working_dir: pod.working_dir.to_string_lossy().into_owned(),
-            allow: pod.scope.allow.iter().map(wit_rule).collect(),
-            deny: pod.scope.deny.iter().map(wit_rule).collect(),
+            allow: scope.allow.iter().map(wit_rule).collect(),
+            deny: scope.deny.iter().map(wit_rule).collect(),
         }
     }
 }

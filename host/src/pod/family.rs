@@ -1,0 +1,563 @@
+//! The pods of one tree: a pod started by an operator and the child pods it
+//! (and they) spawned, all in this host process. This module owns who is
+//! whose child, what each pod lends to its children, the read cursors of
+//! `ReadPodOutput`, and the lifecycle notes children send their parents. It
+//! implements [`PodControl`], so the pod tools reach it through
+//! `yoi:plugin/pods`.
+//!
+//! Rules it keeps:
+//! - A pod reaches only its own descendants, named relative to itself; any
+//!   other name is "no such pod", so nothing leaks about other pods.
+//! - A child's scope lies within its parent's current effective scope, and
+//!   the parent's deny rules over that part come with it. While the child
+//!   lives, its write targets are lent: the parent's scope is
+//!   [`Scope::lending`] them (read-only in rules and preopens alike). They
+//!   are given back when the child stops.
+//! - Write targets are also claimed in the machine-wide scope lock, with the
+//!   parent recorded, so no other pod on the machine can overlap them.
+//! - A pod that stops stops its children first, unless the operator asked
+//!   for detaching; detached children pass to the stopping pod's parent.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, Weak};
+
+use tokio::sync::mpsc;
+
+use super::{Lifecycle, MemberSpec, PodHandle, State};
+use crate::agent::Outcome;
+use crate::manifest::{LoadedManifest, validate_pod_name};
+use crate::plugin::{ChildOutput, ChildState, ChildSummary, PluginHost, PodContext, PodControl, Refusal, SpawnRequest};
+use crate::protocol::{Method, PodEvent, WireEvent};
+use crate::provider::{self, RetryPolicy};
+use crate::scope::{Access, Permission, Rule, RuleSpec, Rules, Scope, describe_rule};
+use crate::scope_lock::ScopeLock;
+use crate::session::SessionStore;
+
+/// What every pod of a family shares.
+#[derive(Clone)]
+pub struct FamilyConfig {
+    /// The plugin runtime.
+    pub plugins: Arc<PluginHost>,
+    /// Where session logs go.
+    pub sessions: SessionStore,
+    /// Where runtime directories go.
+    pub runtime_root: PathBuf,
+    /// The machine-wide scope lock.
+    pub scope_lock: ScopeLock,
+}
+
+/// The system prompt of a child unless its spawner adds an instruction.
+const CHILD_PROMPT: &str = "You are a child pod: another agent gave you a task and reads what you write. Use the \
+     tools to do the task within your scope, then end with a short report of what you did and found.";
+
+/// Longest name a spawner may give a child.
+const MAX_CHILD_NAME: usize = 32;
+
+/// One pod of the family, alive or stopped.
+struct Member {
+    handle: PodHandle,
+    parent: Option<String>,
+    manifest: LoadedManifest,
+    context: Arc<PodContext>,
+    /// The scope the pod was given; its effective scope is this lending
+    /// what its live children hold.
+    granted: Scope,
+    /// Its write targets (lent to it by its parent, if any).
+    write: Vec<PathBuf>,
+    /// For each reader (an ancestor), how far it has read the output.
+    cursors: HashMap<String, u64>,
+    /// The ancestor that asked it to stop, whose tool result says so.
+    stopped_by: Option<String>,
+    /// Its controller has ended; it is stopping its children and cleaning up.
+    stopping: bool,
+    retry: RetryPolicy,
+}
+
+/// A family of pods in this host process.
+pub struct Family {
+    config: FamilyConfig,
+    members: Mutex<BTreeMap<String, Member>>,
+    me: Weak<Family>,
+}
+
+/// [`PodControl`] for the pods of a family, without keeping it alive.
+struct Link(Weak<Family>);
+
+impl Family {
+    /// An empty family.
+    pub fn new(config: FamilyConfig) -> Arc<Family> {
+        Arc::new_cyclic(|me| Family { config, members: Mutex::new(BTreeMap::new()), me: me.clone() })
+    }
+
+    /// Starts a pod with no parent.
+    pub(crate) async fn start(&self, spec: MemberSpec) -> anyhow::Result<PodHandle> {
+        self.start_member(spec, None).await
+    }
+
+    async fn start_member(&self, spec: MemberSpec, parent: Option<String>) -> anyhow::Result<PodHandle> {
+        let name = spec.manifest.manifest.pod.name.clone();
+        let manifest = spec.manifest.clone();
+        let retry = spec.retry;
+        let granted = spec.manifest.scope.clone();
+        let write = write_targets(&granted);
+        let mut context = PodContext::new(&name, manifest.working_dir.clone(), granted.clone(), manifest.call_limits());
+        context.control = Some(Arc::new(Link(self.me.clone())));
+        let context = Arc::new(context);
+        let (lifecycle, events) = mpsc::unbounded_channel();
+        let family = self.me.upgrade().expect("a family lives in an Arc");
+        let handle =
+            super::start_pod(spec, &family, &self.config, context.clone(), parent.as_deref(), lifecycle).await?;
+        let member = Member {
+            handle: handle.clone(),
+            parent,
+            manifest,
+            context,
+            granted,
+            write,
+            cursors: HashMap::new(),
+            stopped_by: None,
+            stopping: false,
+            retry,
+        };
+        self.members.lock().unwrap().insert(name.clone(), member);
+        let family = self.me.clone();
+        tokio::spawn(watch(family, name, events));
+        Ok(handle)
+    }
+
+    /// Waits until every pod of the family has stopped (detached children
+    /// outlive the pod that spawned them).
+    pub async fn wait_all(&self) {
+        loop {
+            let live: Vec<PodHandle> = {
+                let members = self.members.lock().unwrap();
+                members.values().filter(|m| !m.handle.is_stopped()).map(|m| m.handle.clone()).collect()
+            };
+            if live.is_empty() {
+                return;
+            }
+            for handle in live {
+                handle.wait().await;
+            }
+        }
+    }
+
+    /// Resolves `name`, relative to `caller`, to a descendant's full name.
+    fn descendant(&self, members: &BTreeMap<String, Member>, caller: &str, name: &str) -> Result<String, Refusal> {
+        let no_such = || Refusal::NotFound(format!("no such pod: {name:?} (ListPods shows yours)"));
+        let full = format!("{caller}.{name}");
+        if name.is_empty() || !members.contains_key(&full) || !is_descendant(members, &full, caller) {
+            return Err(no_such());
+        }
+        Ok(full)
+    }
+
+    /// The lending scope of `name`: what it was granted, minus what its live
+    /// children hold.
+    fn refresh_scope(members: &BTreeMap<String, Member>, name: &str) {
+        let Some(member) = members.get(name) else { return };
+        let lent: Vec<PathBuf> = members
+            .values()
+            .filter(|m| m.parent.as_deref() == Some(name) && !m.handle.is_stopped())
+            .flat_map(|m| m.write.iter().cloned())
+            .collect();
+        member.context.set_scope(member.granted.lending(&lent));
+    }
+
+    /// Called by the pod's teardown, before its handle reports it stopped:
+    /// stops its children (or detaches them) and waits for them.
+    pub(super) async fn stop_children(&self, name: &str, detach: bool) {
+        let children: Vec<PodHandle> = {
+            let mut members = self.members.lock().unwrap();
+            let Some(me) = members.get_mut(name) else { return };
+            me.stopping = true;
+            let grandparent = me.parent.clone();
+            let mut children = Vec::new();
+            for (child_name, child) in members.iter_mut() {
+                if child.parent.as_deref() != Some(name) || child.handle.is_stopped() {
+                    continue;
+                }
+                if detach {
+                    child.parent = grandparent.clone();
+                } else {
+                    child.stopped_by = Some(name.to_string());
+                    children.push(child.handle.clone());
+                }
+                tracing::debug!(pod = name, child = %child_name, detach, "parent stopping");
+            }
+            if detach && let Some(grandparent) = grandparent {
+                Self::refresh_scope(&members, &grandparent);
+            }
+            children
+        };
+        for child in &children {
+            drop(child.request(Method::Shutdown { detach_children: false }).await);
+        }
+        for child in &children {
+            child.wait().await;
+        }
+    }
+
+    /// Called by the pod's teardown once its scope claim is released: gives
+    /// its write scope back to its parent and tells the parent, unless the
+    /// parent asked for the stop.
+    pub(super) async fn stopped(&self, name: &str) {
+        let note = {
+            let members = self.members.lock().unwrap();
+            let Some(me) = members.get(name) else { return };
+            let Some(parent_name) = me.parent.clone() else { return };
+            Self::refresh_scope(&members, &parent_name);
+            let Some(parent) = members.get(&parent_name) else { return };
+            if parent.stopping || me.stopped_by.as_deref() == Some(parent_name.as_str()) {
+                return;
+            }
+            let given_back = me.write.iter().map(|w| w.display().to_string()).collect::<Vec<_>>().join(", ");
+            let back = if given_back.is_empty() { String::new() } else { format!("; {given_back} is yours again") };
+            (parent.handle.clone(), format!("child pod {:?} stopped{back}", relative(name, &parent_name)))
+        };
+        note.0.notify(note.1).await;
+    }
+
+    async fn spawn_child(&self, caller: &str, request: SpawnRequest) -> Result<String, Refusal> {
+        let (spec, rules, cwd) = self.child_spec(caller, &request)?;
+        let full = spec.manifest.manifest.pod.name.clone();
+        let handle = self
+            .start_member(spec, Some(caller.to_string()))
+            .await
+            .map_err(|e| Refusal::PermissionDenied(format!("cannot start pod {:?}: {e:#}", request.name)))?;
+        {
+            let members = self.members.lock().unwrap();
+            Self::refresh_scope(&members, caller);
+        }
+        let mut answer = handle.request(Method::Run { input: request.task.clone() }).await;
+        if let Some(WireEvent::Pod(PodEvent::Error { message, .. })) = answer.recv().await {
+            return Err(Refusal::Failed(format!("pod {full:?} started but did not take its task: {message}")));
+        }
+        let scope = rules.iter().map(describe_rule).collect::<Vec<_>>().join(", ");
+        let lent: Vec<String> = rules
+            .iter()
+            .filter(|r| r.permission == Permission::Write)
+            .map(|r| r.target.display().to_string())
+            .collect();
+        let lent = if lent.is_empty() {
+            String::new()
+        } else {
+            format!(" Until it stops, {} is read-only for you.", lent.join(", "))
+        };
+        Ok(format!(
+            "Started child pod {:?} in {} with scope: {scope}.{lent} You will get a note when it ends a run; \
+             read what it wrote with ReadPodOutput.",
+            request.name,
+            cwd.display()
+        ))
+    }
+
+    /// Checks a spawn request against the caller's effective scope and
+    /// builds the child's spec: its rules, the deny rules it inherits, its
+    /// manifest and provider.
+    fn child_spec(&self, caller: &str, request: &SpawnRequest) -> Result<(MemberSpec, Vec<Rule>, PathBuf), Refusal> {
+        let invalid = |m: String| Refusal::InvalidInput(m);
+        let name = &request.name;
+        let plain = name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-'));
+        if name.is_empty() || name.len() > MAX_CHILD_NAME || !plain {
+            return Err(invalid(format!("{name:?} is not a valid child name (1-32 characters from A-Z a-z 0-9 _ -)")));
+        }
+        if request.task.trim().is_empty() {
+            return Err(invalid("the task is empty".into()));
+        }
+        if request.scope.is_empty() {
+            return Err(invalid("the scope is empty: give the child at least one rule".into()));
+        }
+        let full = format!("{caller}.{name}");
+        validate_pod_name(&full).map_err(|e| invalid(format!("{e}; pick a shorter name")))?;
+
+        let mut members = self.members.lock().unwrap();
+        let Some(parent) = members.get(caller) else {
+            return Err(Refusal::Failed("the calling pod is not known to this host".into()));
+        };
+        if parent.stopping {
+            return Err(Refusal::Failed("this pod is stopping".into()));
+        }
+        let effective = parent.context.scope();
+        let mut allow = Vec::new();
+        for (index, spec) in request.scope.iter().enumerate() {
+            allow.push(check_rule(index, spec, &parent.context.working_dir, &effective, &members, caller)?);
+        }
+        let deny: Vec<Rule> = effective
+            .deny
+            .iter()
+            .filter(|d| allow.iter().any(|a| d.target.starts_with(&a.target) || a.target.starts_with(&d.target)))
+            .cloned()
+            .collect();
+        let mut manifest = parent.manifest.clone();
+        let working_dir = if allow.iter().any(|r| r.covers(&parent.context.working_dir)) {
+            parent.context.working_dir.clone()
+        } else {
+            let first = allow.iter().find(|r| r.permission == Permission::Write).unwrap_or(&allow[0]);
+            first.target.clone()
+        };
+        let m = &mut manifest.manifest;
+        m.pod.name = full.clone();
+        m.pod.working_dir = Some(working_dir.clone());
+        m.agent.prompt = Some(match &request.instruction {
+            Some(extra) => format!("{CHILD_PROMPT}\n\n{extra}"),
+            None => CHILD_PROMPT.to_string(),
+        });
+        m.agent.prompt_file = None;
+        let spec_of =
+            |r: &Rule| RuleSpec { target: r.target.clone(), permission: r.permission, recursive: r.recursive };
+        m.scope.allow = allow.iter().map(spec_of).collect();
+        m.scope.deny = deny.iter().map(spec_of).collect();
+        if let (Some(model), Some(section)) = (&request.model, &mut m.provider) {
+            section.model = model.clone();
+        }
+        manifest.scope = Scope::from_rules(Rules { allow: allow.clone(), deny });
+        manifest.working_dir = working_dir.clone();
+        let provider = match &manifest.manifest.provider {
+            Some(section) => {
+                let base = manifest.path.parent().unwrap_or(Path::new("/"));
+                let env = |var: &str| std::env::var(var).ok();
+                let p = provider::from_manifest(section, base, &working_dir, &full, &env)
+                    .map_err(|e| Refusal::Failed(format!("cannot set up the child's model: {e:#}")))?;
+                Some(Arc::from(p))
+            }
+            None => None,
+        };
+        // A stopped child of the same name makes room; a live one does not.
+        if let Some(old) = members.get(&full) {
+            if !old.handle.is_stopped() {
+                return Err(Refusal::Failed(format!("a child named {name:?} is alive; stop it or pick another name")));
+            }
+            members.remove(&full);
+        }
+        let retry = members.get(caller).map(|p| p.retry).unwrap_or_default();
+        Ok((MemberSpec { manifest, provider, retry, resume: None }, allow, working_dir))
+    }
+
+    fn read_output(&self, caller: &str, name: &str) -> Result<ChildOutput, Refusal> {
+        let mut members = self.members.lock().unwrap();
+        let full = self.descendant(&members, caller, name)?;
+        let max = members.get(caller).map_or(16 * 1024, |c| c.context.limits.output_max_bytes).saturating_sub(512);
+        let member = members.get_mut(&full).expect("resolved above");
+        let cursor = member.cursors.get(caller).copied().unwrap_or(0);
+        let (text, dropped, next) = member.handle.progress.read(cursor, max.max(1024));
+        member.cursors.insert(caller.to_string(), next);
+        Ok(ChildOutput { text, dropped, state: child_state(&member.handle) })
+    }
+
+    async fn stop_descendant(&self, caller: &str, name: &str) -> Result<String, Refusal> {
+        let (handle, stopped, given_back, to) = {
+            let mut members = self.members.lock().unwrap();
+            let full = self.descendant(&members, caller, name)?;
+            if members[&full].handle.is_stopped() {
+                return Ok(format!("pod {name:?} was already stopped"));
+            }
+            let stopped: Vec<String> = members
+                .keys()
+                .filter(|n| is_descendant(&members, n, &full) && !members[*n].handle.is_stopped())
+                .map(|n| relative(n, caller))
+                .collect();
+            let member = members.get_mut(&full).expect("resolved above");
+            member.stopped_by = Some(caller.to_string());
+            let given_back: Vec<String> = member.write.iter().map(|w| w.display().to_string()).collect();
+            let to = member.parent.as_deref().filter(|p| *p != caller).map(|p| relative(p, caller)).unwrap_or_default();
+            (member.handle.clone(), stopped, given_back, to)
+        };
+        drop(handle.request(Method::Shutdown { detach_children: false }).await);
+        handle.wait().await;
+        let mut answer = format!("Stopped pod {name:?}");
+        if !stopped.is_empty() {
+            answer.push_str(&format!(" and its descendants {}", stopped.join(", ")));
+        }
+        if given_back.is_empty() {
+            answer.push_str("; it held no write scope.");
+        } else if to.is_empty() {
+            answer.push_str(&format!("; write scope given back to you: {}.", given_back.join(", ")));
+        } else {
+            answer.push_str(&format!("; write scope given back to pod {to:?}: {}.", given_back.join(", ")));
+        }
+        Ok(answer)
+    }
+
+    fn list(&self, caller: &str) -> Vec<ChildSummary> {
+        let members = self.members.lock().unwrap();
+        members
+            .iter()
+            .filter(|(n, _)| is_descendant(&members, n, caller))
+            .map(|(n, m)| ChildSummary {
+                name: relative(n, caller),
+                state: child_state(&m.handle),
+                scope: m.granted.allow.clone(),
+            })
+            .collect()
+    }
+
+    fn handle_of(&self, caller: &str, name: &str) -> Result<(String, PodHandle), Refusal> {
+        let members = self.members.lock().unwrap();
+        let full = self.descendant(&members, caller, name)?;
+        Ok((full.clone(), members[&full].handle.clone()))
+    }
+}
+
+/// Checks one requested rule against the caller's effective scope.
+fn check_rule(
+    index: usize,
+    spec: &RuleSpec,
+    working_dir: &Path,
+    effective: &Scope,
+    members: &BTreeMap<String, Member>,
+    caller: &str,
+) -> Result<Rule, Refusal> {
+    let perm = if spec.permission == Permission::Write { "write" } else { "read" };
+    let label = format!("scope[{index}] ({perm} {})", spec.target.display());
+    let target = std::fs::canonicalize(working_dir.join(&spec.target))
+        .map_err(|e| Refusal::InvalidInput(format!("{label}: {e}")))?;
+    if !target.is_dir() {
+        return Err(Refusal::InvalidInput(format!("{label}: not a directory (rules grant directories)")));
+    }
+    let rule = Rule { target: target.clone(), permission: spec.permission, recursive: spec.recursive };
+    let needed = if spec.permission == Permission::Write { Access::Write } else { Access::Read };
+    let refuse = |why: String| Refusal::PermissionDenied(format!("{label}: {why}"));
+    let granted_here = effective.access(&target);
+    if granted_here < needed {
+        let have = match granted_here {
+            Access::None => "is outside your scope".to_string(),
+            _ => format!("is read-only for you{}", lent_note(members, caller, &target)),
+        };
+        return Err(refuse(format!("{} {have}", target.display())));
+    }
+    // The whole tree the rule covers must be the caller's too.
+    let covered = effective.allow.iter().any(|a| {
+        a.permission >= spec.permission && (a.covers_tree(&target) || (!spec.recursive && a.target == target))
+    });
+    if !covered {
+        return Err(refuse(format!("your scope covers {} only in part (use recursive = false?)", target.display())));
+    }
+    if spec.permission == Permission::Write {
+        for tree in effective.lent() {
+            if tree.starts_with(&target) {
+                return Err(refuse(format!(
+                    "{} holds {}, which a child of yours writes{}",
+                    target.display(),
+                    tree.display(),
+                    lent_note(members, caller, tree)
+                )));
+            }
+        }
+    }
+    Ok(rule)
+}
+
+/// " (lent to pod X)" when a live child of `caller` writes at or around `path`.
+fn lent_note(members: &BTreeMap<String, Member>, caller: &str, path: &Path) -> String {
+    members
+        .iter()
+        .filter(|(_, m)| m.parent.as_deref() == Some(caller) && !m.handle.is_stopped())
+        .find(|(_, m)| m.write.iter().any(|w| w.starts_with(path) || path.starts_with(w)))
+        .map(|(n, _)| format!(" (child pod {:?} writes there)", relative(n, caller)))
+        .unwrap_or_default()
+}
+
+fn write_targets(scope: &Scope) -> Vec<PathBuf> {
+    scope.allow.iter().filter(|r| r.permission == Permission::Write).map(|r| r.target.clone()).collect()
+}
+
+/// Whether `name` is a descendant of `ancestor` (and not `ancestor` itself).
+fn is_descendant(members: &BTreeMap<String, Member>, name: &str, ancestor: &str) -> bool {
+    let mut parent = members.get(name).and_then(|m| m.parent.as_deref());
+    while let Some(p) = parent {
+        if p == ancestor {
+            return true;
+        }
+        parent = members.get(p).and_then(|m| m.parent.as_deref());
+    }
+    false
+}
+
+/// `name` as `ancestor` calls it.
+fn relative(name: &str, ancestor: &str) -> String {
+    name.strip_prefix(ancestor).and_then(|r| r.strip_prefix('.')).unwrap_or(name).to_string()
+}
+
+fn child_state(handle: &PodHandle) -> ChildState {
+    match handle.progress.state() {
+        None => ChildState::Stopped,
+        Some(State::Idle) => ChildState::Idle,
+        Some(State::Running) => ChildState::Running,
+        Some(State::Paused) => ChildState::Paused,
+    }
+}
+
+/// Forwards a pod's lifecycle to its parent as notes: a run ended, an error.
+/// (Stopping is told by [`Family::stopped`].)
+async fn watch(family: Weak<Family>, name: String, mut events: mpsc::UnboundedReceiver<Lifecycle>) {
+    while let Some(event) = events.recv().await {
+        let Some(family) = family.upgrade() else { return };
+        let note = {
+            let members = family.members.lock().unwrap();
+            let Some(me) = members.get(&name) else { continue };
+            let Some(parent) = me.parent.as_ref().and_then(|p| members.get(p).map(|m| (p, m))) else { continue };
+            // Whoever stops a pod hears of it from the stop itself.
+            if parent.1.stopping || me.stopped_by.is_some() {
+                continue;
+            }
+            let who = relative(&name, parent.0);
+            let text = match event {
+                Lifecycle::RunEnd(outcome) => {
+                    let unread = me.handle.progress.unread(me.cursors.get(parent.0).copied().unwrap_or(0));
+                    let what = match outcome {
+                        Outcome::Finished => "finished its run",
+                        Outcome::Paused => "paused before a tool call, waiting for an operator",
+                        Outcome::LimitReached => "stopped at its turn limit",
+                        Outcome::Cancelled => "had its run cancelled",
+                        Outcome::Failed => "failed its run",
+                    };
+                    format!("child pod {who:?} {what}; {unread} bytes of its output are unread (ReadPodOutput)")
+                }
+                Lifecycle::Error(message) => format!("child pod {who:?} reported an error: {message}"),
+            };
+            (parent.1.handle.clone(), text)
+        };
+        note.0.notify(note.1).await;
+    }
+}
+
+#[async_trait::async_trait]
+impl PodControl for Link {
+    async fn spawn(&self, caller: &str, request: SpawnRequest) -> Result<String, Refusal> {
+        self.family()?.spawn_child(caller, request).await
+    }
+
+    async fn send(&self, caller: &str, name: &str, message: String) -> Result<String, Refusal> {
+        let (_, handle) = self.family()?.handle_of(caller, name)?;
+        if handle.is_stopped() {
+            return Err(Refusal::Failed(format!("pod {name:?} is stopped; spawn it again to give it work")));
+        }
+        let mut answer = handle.request(Method::Run { input: message }).await;
+        match answer.recv().await {
+            Some(WireEvent::Pod(PodEvent::Error { message, .. })) => {
+                Err(Refusal::Failed(format!("pod {name:?} is busy ({message}); try again after its next note")))
+            }
+            _ => Ok(format!("Sent; pod {name:?} is running. You will get a note when it ends the run.")),
+        }
+    }
+
+    async fn read_output(&self, caller: &str, name: &str) -> Result<ChildOutput, Refusal> {
+        self.family()?.read_output(caller, name)
+    }
+
+    async fn stop(&self, caller: &str, name: &str) -> Result<String, Refusal> {
+        self.family()?.stop_descendant(caller, name).await
+    }
+
+    async fn list(&self, caller: &str) -> Vec<ChildSummary> {
+        self.family().map(|f| f.list(caller)).unwrap_or_default()
+    }
+}
+
+impl Link {
+    fn family(&self) -> Result<Arc<Family>, Refusal> {
+        self.0.upgrade().ok_or_else(|| Refusal::Failed("the host is shutting down".into()))
+    }
+}

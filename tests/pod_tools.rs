@@ -1,0 +1,326 @@
+//! The pod tools end to end: scripted pods spawn, message, read, list and
+//! stop child pods through the real `pod-tools` component, and the scope a
+//! child holds is taken from its parent's tools, at the capability level
+//! too, until the child stops.
+
+mod common;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{Sandbox, plugin_dir, shared_cache};
+use serde_json::{Value, json};
+use tokio::sync::broadcast;
+use yoi_host::history::Item;
+use yoi_host::manifest::LoadedManifest;
+use yoi_host::plugin::{Allocator, HostOptions, PluginHost};
+use yoi_host::pod::{PodHandle, PodSpec, start};
+use yoi_host::protocol::{Method, PodEvent, WireEvent};
+use yoi_host::provider::{Provider, from_manifest, retry_policy};
+use yoi_host::scope_lock::ScopeLock;
+use yoi_host::session::SessionStore;
+
+/// A pod named `lead` over `proj/` (write), with a script for it and its
+/// children, the builtin plugins and the probe.
+struct Tree {
+    sb: Sandbox,
+    lead: PodHandle,
+    events: broadcast::Receiver<WireEvent>,
+    /// Every event of the lead seen so far.
+    seen: Vec<PodEvent>,
+    _plugins: tempfile::TempDir,
+}
+
+/// One scripted turn calling `tool` with `arguments`.
+fn call(tool: &str, arguments: Value) -> Value {
+    json!({"tool_calls": [{"name": tool, "arguments": arguments}]})
+}
+
+impl Tree {
+    async fn start(lead: Value, children: Value) -> Tree {
+        let sb = Sandbox::new();
+        sb.file("proj/README", "top\n");
+        sb.file("proj/sub/x.txt", "old\n");
+        sb.dir("proj/sub/inner");
+        sb.file("proj/docs/a.md", "doc\n");
+        sb.dir("other");
+        sb.file("script.json", &json!({"turns": lead, "pods": children}).to_string());
+        sb.file(
+            "pod.toml",
+            "[pod]\nname = \"lead\"\n[provider]\nkind = \"scripted\"\nmodel = \"script\"\nscript = \"script.json\"\n\
+             [[scope.allow]]\ntarget = \"proj\"\npermission = \"write\"\n",
+        );
+        let loaded = LoadedManifest::load(&sb.root.join("pod.toml")).unwrap();
+        let section = loaded.manifest.provider.clone().unwrap();
+        let provider: Arc<dyn Provider> =
+            Arc::from(from_manifest(&section, &sb.root, &loaded.working_dir, "lead", &|_| None).unwrap());
+        let plugins = plugin_dir(&["probe"]);
+        let options = HostOptions { cache_dir: shared_cache(), allocator: Allocator::Pooling };
+        let host = PluginHost::with_plugins(&options, &[plugins.path().to_path_buf()]).await.unwrap();
+        let lead = start(PodSpec {
+            manifest: loaded,
+            plugins: Arc::new(host),
+            provider: Some(provider),
+            retry: retry_policy(&section),
+            sessions: SessionStore::new(sb.root.join("sessions")),
+            runtime_root: sb.root.join("run"),
+            resume: None,
+            scope_lock: ScopeLock::new(sb.root.join("run/scope.lock")),
+        })
+        .await
+        .unwrap();
+        let events = lead.subscribe();
+        Tree { sb, lead, events, seen: Vec::new(), _plugins: plugins }
+    }
+
+    fn proj(&self, rel: &str) -> PathBuf {
+        self.sb.root.join("proj").join(rel)
+    }
+
+    /// Runs the lead on `input` and waits for that run to end.
+    async fn run(&mut self, input: &str) {
+        drop(self.lead.request(Method::Run { input: input.into() }).await);
+        self.until(|e| matches!(e, PodEvent::RunEnd { .. })).await;
+    }
+
+    /// Waits (up to 20 s) for an event of the lead that `pick` accepts.
+    async fn until(&mut self, pick: impl Fn(&PodEvent) -> bool) -> PodEvent {
+        let wait = async {
+            loop {
+                match self.events.recv().await {
+                    Ok(WireEvent::Pod(event)) => {
+                        self.seen.push(event.clone());
+                        if pick(&event) {
+                            return event;
+                        }
+                    }
+                    Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(e) => panic!("lead's events ended: {e}"),
+                }
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(20), wait).await.expect("the lead never got there")
+    }
+
+    /// The lead's tool results so far, in order: (tool, content, is_error).
+    async fn results(&self) -> Vec<(String, String, bool)> {
+        let mut answer = self.lead.request(Method::GetHistory {}).await;
+        let Some(WireEvent::Pod(PodEvent::History { items, .. })) = answer.recv().await else { panic!("no history") };
+        items
+            .into_iter()
+            .filter_map(|item| match item {
+                Item::ToolResult { name, content, is_error, .. } => Some((name, content, is_error)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    async fn shutdown(self) {
+        drop(self.lead.request(Method::Shutdown { detach_children: false }).await);
+        self.lead.wait().await;
+        let lock = std::fs::read_to_string(self.sb.root.join("run/scope.lock")).unwrap();
+        assert!(!lock.contains("lead"), "claims left behind: {lock}");
+    }
+}
+
+#[track_caller]
+fn assert_result(result: &(String, String, bool), tool: &str, is_error: bool, needle: &str) {
+    assert_eq!(result.0, tool, "{result:?}");
+    assert_eq!(result.2, is_error, "{result:?}");
+    assert!(result.1.contains(needle), "{needle:?} not in {result:?}");
+}
+
+#[tokio::test]
+async fn spawn_checks_scope_and_lends_the_write_scope_until_the_child_stops() {
+    let write = |path: &str| call("Write", json!({"file_path": format!("${{cwd}}/{path}"), "content": "new\n"}));
+    let raw_write = |path: &str| call("Fs", json!({"op": "write", "path": format!("${{cwd}}/{path}"), "content": "x"}));
+    let spawn = |name: &str, target: &str, permission: &str| {
+        call("SpawnPod", json!({"name": name, "task": "wait", "scope": [{"target": target, "permission": permission}]}))
+    };
+    let lead = json!([
+        spawn("out", "${cwd}/../other", "read"),
+        spawn("bad name", "${cwd}/sub", "read"),
+        spawn("worker", "sub", "write"),
+        write("sub/x.txt"),
+        raw_write("sub/y.txt"),
+        call("Fs", json!({"op": "rename", "path": "${cwd}/sub", "to": "${cwd}/moved"})),
+        write("README"),
+        write("docs/b.md"),
+        spawn("sib", "${cwd}/sub/inner", "write"),
+        spawn("around", "${cwd}", "write"),
+        spawn("reader", "${cwd}/sub", "read"),
+        call("ListPods", json!({})),
+        call("StopPod", json!({"name": "worker"})),
+        call("StopPod", json!({"name": "worker"})),
+        call("Read", json!({"file_path": "${cwd}/sub/x.txt"})),
+        write("sub/x.txt"),
+        raw_write("sub/y.txt"),
+        call("ListPods", json!({})),
+        {"text": "done"},
+        {"text": "noted"},
+        {"text": "noted"}
+    ]);
+    // The worker and the reader wait long enough to be alive throughout.
+    let children = json!({
+        "lead.worker": [{"delay_ms": 20000, "text": "never"}],
+        "lead.reader": [{"delay_ms": 20000, "text": "never"}]
+    });
+    let mut tree = Tree::start(lead, children).await;
+    tree.run("go").await;
+    let r = tree.results().await;
+    let sub = tree.proj("sub");
+    assert_result(&r[0], "SpawnPod", true, "is outside your scope");
+    assert_result(&r[1], "SpawnPod", true, "not a valid child name");
+    assert_result(&r[2], "SpawnPod", false, &format!("Until it stops, {} is read-only for you", sub.display()));
+    // The lent tree: refused by the file tools and by the capability itself.
+    assert_result(&r[3], "Write", true, "allows only reading it");
+    assert_result(&r[4], "Fs", true, "");
+    assert_result(&r[5], "Fs", true, "");
+    assert!(sub.exists());
+    // The way down to it is read-only; the rest stays writable.
+    assert_result(&r[6], "Write", true, "allows only reading it");
+    assert_result(&r[7], "Write", false, "");
+    assert_result(&r[8], "SpawnPod", true, "child pod \"worker\" writes there");
+    assert_result(&r[9], "SpawnPod", true, "is read-only for you");
+    assert_result(&r[10], "SpawnPod", false, "read");
+    assert_result(&r[11], "ListPods", false, &format!("worker [running] write {}", sub.display()));
+    assert!(r[11].1.contains("reader [running] read"), "{:?}", r[11]);
+    assert_result(&r[12], "StopPod", false, &format!("write scope given back to you: {}", sub.display()));
+    assert_result(&r[13], "StopPod", false, "already stopped");
+    // Given back: writable again, by the tools and the capability.
+    assert_result(&r[15], "Write", false, "");
+    assert_result(&r[16], "Fs", false, "");
+    assert_eq!(tree.sb.read("proj/sub/x.txt").unwrap(), "new\n");
+    assert_eq!(tree.sb.read("proj/sub/y.txt").unwrap(), "x");
+    assert_result(&r[17], "ListPods", false, "worker [stopped]");
+    tree.shutdown().await;
+}
+
+#[tokio::test]
+async fn read_output_keeps_a_cursor_across_runs_and_mid_run() {
+    let read = || call("ReadPodOutput", json!({"name": "worker"}));
+    let lead = json!([
+        call("SpawnPod", json!({"name": "worker", "task": "count", "scope": [{"target": "docs", "permission": "read"}]})),
+        // The worker streams a word every 100 ms: this read lands mid-run.
+        {"delay_ms": 350, "tool_calls": [{"name": "ReadPodOutput", "arguments": {"name": "worker"}}]},
+        {"delay_ms": 2500, "tool_calls": [{"name": "ReadPodOutput", "arguments": {"name": "worker"}}]},
+        read(),
+        call("SendToPod", json!({"name": "worker", "message": "again"})),
+        call("SendToPod", json!({"name": "worker", "message": "too soon"})),
+        {"delay_ms": 1500, "tool_calls": [{"name": "ReadPodOutput", "arguments": {"name": "worker"}}]},
+        {"text": "done"},
+        {"text": "noted"},
+        {"text": "noted"}
+    ]);
+    let children = json!({"lead.worker": [
+        {"chunk_delay_ms": 100, "text": "one two three four five six seven eight nine ten"},
+        {"delay_ms": 300, "text": "second answer"}
+    ]});
+    let mut tree = Tree::start(lead, children).await;
+    tree.run("go").await;
+    let r = tree.results().await;
+    assert_result(&r[0], "SpawnPod", false, "Started child pod \"worker\"");
+    assert_result(&r[1], "ReadPodOutput", false, "it is running");
+    assert_result(&r[2], "ReadPodOutput", false, "it is idle");
+    let body = |r: &(String, String, bool)| r.1.split_once("\n\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    let first = format!("{}{}", body(&r[1]), body(&r[2]));
+    assert_eq!(first.trim_end(), "one two three four five six seven eight nine ten");
+    assert!(!body(&r[2]).is_empty(), "{r:?}");
+    assert_result(&r[3], "ReadPodOutput", false, "No new output from \"worker\"");
+    assert_result(&r[4], "SendToPod", false, "Sent");
+    assert_result(&r[5], "SendToPod", true, "busy");
+    assert_eq!(body(&r[6]).trim_end(), "second answer");
+    // The end of each child run reached the lead as a note, mid-run.
+    let notes = tree
+        .seen
+        .iter()
+        .filter(|e| matches!(e, PodEvent::Notification { message } if message.contains("child pod \"worker\" finished its run")))
+        .count();
+    assert_eq!(notes, 2, "{:?}", tree.seen);
+    tree.shutdown().await;
+}
+
+#[tokio::test]
+async fn grandchildren_are_reachable_and_stop_with_their_parent() {
+    let lead = json!([
+        call("SpawnPod", json!({"name": "mid", "task": "delegate", "scope": [{"target": "sub", "permission": "write"}]})),
+        {"delay_ms": 1500, "tool_calls": [{"name": "ListPods", "arguments": {}}]},
+        call("ReadPodOutput", json!({"name": "mid.leaf"})),
+        call("ReadPodOutput", json!({"name": "leaf"})),
+        call("StopPod", json!({"name": "mid"})),
+        call("ListPods", json!({})),
+        {"text": "done"},
+        {"text": "noted"},
+        {"text": "noted"}
+    ]);
+    let children = json!({
+        "lead.mid": [
+            call("SpawnPod", json!({"name": "leaf", "task": "wait", "scope": [{"target": "${cwd}/deep", "permission": "write"}]})),
+            call("StopPod", json!({"name": "lead"})),
+            call("ReadPodOutput", json!({"name": "lead.mid"})),
+            {"delay_ms": 20000, "text": "never"}
+        ],
+        "lead.mid.leaf": [{"delay_ms": 20000, "text": "never"}]
+    });
+    let mut tree = Tree::start(lead, children).await;
+    std::fs::create_dir_all(tree.proj("sub/deep")).unwrap();
+    tree.run("go").await;
+    let r = tree.results().await;
+    assert_result(&r[0], "SpawnPod", false, "Started");
+    assert_result(&r[1], "ListPods", false, "mid [running]");
+    assert!(r[1].1.contains(&format!("mid.leaf [running] write {}", tree.proj("sub/deep").display())), "{r:?}");
+    assert_result(&r[2], "ReadPodOutput", false, "No new output from \"mid.leaf\"");
+    assert_result(&r[3], "ReadPodOutput", true, "no such pod");
+    assert_result(&r[4], "StopPod", false, "and its descendants mid.leaf");
+    assert_result(&r[5], "ListPods", false, "mid [stopped]");
+    assert!(r[5].1.contains("mid.leaf [stopped]"), "{r:?}");
+    let lock = std::fs::read_to_string(tree.sb.root.join("run/scope.lock")).unwrap();
+    assert!(!lock.contains("lead.mid"), "{lock}");
+    // The middle pod reached its child, but not its parent, nor itself by a full name.
+    let sessions = SessionStore::new(tree.sb.root.join("sessions"));
+    let mid = sessions.load(&sessions.resolve("latest", "lead.mid").unwrap()).unwrap();
+    let results: Vec<&Item> = mid.items.iter().filter(|i| matches!(i, Item::ToolResult { .. })).collect();
+    let texts: Vec<String> = results.iter().map(|i| serde_json::to_string(i).unwrap()).collect();
+    assert!(texts[0].contains("Started child pod") && texts[1].contains("no such pod"), "{texts:?}");
+    assert!(texts[2].contains("no such pod"), "{texts:?}");
+    tree.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_child_edits_its_slice_and_the_parent_reads_the_result() {
+    let lead = json!([
+        call(
+            "SpawnPod",
+            json!({
+                "name": "fixer",
+                "task": "Change the greeting in greet.txt to goodbye.",
+                "scope": [{"target": "${cwd}/sub", "permission": "write"}],
+                "instruction": "Report the change in one line."
+            })
+        ),
+        {"text": "Waiting for fixer."},
+        call("ReadPodOutput", json!({"name": "fixer"})),
+        call("Read", json!({"file_path": "${cwd}/sub/greet.txt"})),
+        call("StopPod", json!({"name": "fixer"})),
+        {"text": "fixer changed the greeting."}
+    ]);
+    let children = json!({"lead.fixer": [
+        {"delay_ms": 300, "tool_calls": [{"name": "Read", "arguments": {"file_path": "${cwd}/greet.txt"}}]},
+        call("Edit", json!({"file_path": "${cwd}/greet.txt", "old_string": "hello", "new_string": "goodbye"})),
+        {"text": "Changed hello to goodbye in greet.txt."}
+    ]});
+    let mut tree = Tree::start(lead, children).await;
+    tree.sb.file("proj/sub/greet.txt", "hello, world\n");
+    tree.run("Get the greeting changed.").await;
+    // The child's finished run wakes the idle lead (or waits for its run's end).
+    tree.until(|e| matches!(e, PodEvent::RunStart { cause } if cause == "notify")).await;
+    tree.until(|e| matches!(e, PodEvent::RunEnd { .. })).await;
+    let r = tree.results().await;
+    assert_result(&r[0], "SpawnPod", false, "Started");
+    assert_result(&r[1], "ReadPodOutput", false, "Changed hello to goodbye in greet.txt.");
+    assert_result(&r[2], "Read", false, "goodbye, world");
+    assert_result(&r[3], "StopPod", false, "given back to you");
+    assert_eq!(tree.sb.read("proj/sub/greet.txt").unwrap(), "goodbye, world\n");
+    tree.shutdown().await;
+}
