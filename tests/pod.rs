@@ -495,28 +495,43 @@ async fn kill_9_then_resume() {
 }
 
 /// Two yoi-host processes cannot hand out overlapping write scopes; the
-/// claim of a killed process is reclaimed by the next one.
+/// claims of a killed process, its child pod's included, are reclaimed by
+/// the next one.
 #[tokio::test]
 async fn write_scopes_of_live_pods_never_overlap_across_processes() {
-    let setup = Setup::new("holder", json!([{"text": "done"}]), "");
+    let setup = Setup::new("holder", json!([]), "");
     setup.sb.dir("proj/sub");
+    let spawn = json!({"name": "kid", "task": "wait", "scope": [{"target": "sub", "permission": "write"}]});
+    let script = json!({
+        "turns": [{"tool_calls": [{"name": "SpawnPod", "arguments": spawn}]}, {"text": "spawned"}],
+        "pods": {"holder.kid": [{"delay_ms": 60000, "text": "never"}]}
+    });
+    setup.sb.file("script.json", &script.to_string());
     setup.sb.file(
         "second.toml",
         "[pod]\nname = \"second\"\n[provider]\nkind = \"scripted\"\nmodel = \"s\"\nscript = \"script.json\"\n\
          [[scope.allow]]\ntarget = \"proj/sub\"\npermission = \"write\"\n",
     );
     let home = setup.process_home();
-    let (mut holder, _socket) = setup.serve_in_process(&setup.manifest(), "holder").await;
+    let (mut holder, socket) = setup.serve_in_process(&setup.manifest(), "holder").await;
+    let mut c = Client::connect(&socket).await;
+    c.send(json!({"method": "run", "input": "spawn the kid"})).await;
+    assert_eq!(c.expect("run_end").await["outcome"], "finished");
+    let lock = ScopeLock::new(home.join("run/scope.lock"));
+    let claims = lock.claims().unwrap();
+    let kid = claims.iter().find(|c| c.pod == "holder.kid").expect("the child's claim");
+    assert_eq!(kid.parent.as_deref(), Some("holder"));
+    assert_eq!(kid.write, [setup.sb.root.join("proj/sub")]);
+
     let second = setup.sb.root.join("second.toml");
     let refused = setup.yoi(&["run", "--once", "--manifest", second.to_str().unwrap(), "hi"]).output().unwrap();
     assert_eq!(refused.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&refused.stderr);
-    assert!(stderr.contains("overlaps") && stderr.contains("\"holder\""), "{stderr}");
+    assert!(stderr.contains("overlaps") && stderr.contains("\"holder"), "{stderr}");
 
     holder.kill().unwrap(); // SIGKILL: its claim stays in the file
     holder.wait().unwrap();
     let after = setup.yoi(&["run", "--once", "--manifest", second.to_str().unwrap(), "hi"]).output().unwrap();
     assert!(after.status.success(), "{}", String::from_utf8_lossy(&after.stderr));
-    let lock = ScopeLock::new(home.join("run/scope.lock"));
-    assert!(lock.claims().unwrap().is_empty(), "both claims are gone");
+    assert!(lock.claims().unwrap().is_empty(), "all claims are gone");
 }

@@ -324,3 +324,26 @@ async fn a_child_edits_its_slice_and_the_parent_reads_the_result() {
     assert_eq!(tree.sb.read("proj/sub/greet.txt").unwrap(), "goodbye, world\n");
     tree.shutdown().await;
 }
+
+#[tokio::test]
+async fn detached_children_outlive_their_parent_and_keep_their_scope() {
+    let lead = json!([
+        call("SpawnPod", json!({"name": "worker", "task": "wait", "scope": [{"target": "sub", "permission": "write"}]})),
+        {"text": "spawned"}
+    ]);
+    let children = json!({"lead.worker": [{"delay_ms": 20000, "text": "never"}]});
+    let mut tree = Tree::start(lead, children).await;
+    tree.run("go").await;
+    drop(tree.lead.request(Method::Shutdown { detach_children: true }).await);
+    tree.lead.wait().await;
+    let lock = ScopeLock::new(tree.sb.root.join("run/scope.lock"));
+    let claims = lock.claims().unwrap();
+    assert_eq!(claims.len(), 1, "{claims:?}");
+    assert_eq!((claims[0].pod.as_str(), claims[0].parent.as_deref()), ("lead.worker", None));
+    // The worker serves on its own socket until someone stops it.
+    let socket = tree.sb.root.join("run/lead.worker/sock");
+    let mut stream = tokio::net::UnixStream::connect(&socket).await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut stream, b"{\"method\": \"shutdown\"}\n").await.unwrap();
+    tokio::time::timeout(Duration::from_secs(20), tree.lead.wait_family()).await.expect("the worker stopped");
+    assert!(lock.claims().unwrap().is_empty());
+}

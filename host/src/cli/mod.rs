@@ -68,10 +68,13 @@ enum Command {
         /// The pod's name.
         pod: String,
     },
-    /// Shut a pod down.
+    /// Shut a pod down, and its child pods unless --detach-children.
     Stop {
         /// The pod's name.
         pod: String,
+        /// Leave its child pods running (they keep their scope).
+        #[arg(long)]
+        detach_children: bool,
     },
     /// List the pods on this machine.
     Ps,
@@ -160,7 +163,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Attach { pod } => pods::attach(&pod).await,
         Command::History { pod, json } => pods::history(&pod, json).await,
         Command::Cancel { pod } => pods::cancel(&pod).await,
-        Command::Stop { pod } => pods::stop(&pod).await,
+        Command::Stop { pod, detach_children } => pods::stop(&pod, detach_children).await,
         Command::Ps => pods::ps(),
     }
 }

@@ -134,6 +134,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         }
     }
     handle.wait().await;
+    // Child pods the operator detached run on until they are stopped.
+    handle.wait_family().await;
     Ok(code)
 }
 
@@ -246,9 +248,9 @@ pub async fn cancel(pod: &str) -> anyhow::Result<ExitCode> {
 }
 
 /// `stop`
-pub async fn stop(pod: &str) -> anyhow::Result<ExitCode> {
+pub async fn stop(pod: &str, detach_children: bool) -> anyhow::Result<ExitCode> {
     let mut client = connect(pod).await?;
-    client.send(&Method::Shutdown { detach_children: false }).await?;
+    client.send(&Method::Shutdown { detach_children }).await?;
     let wait = async {
         while let Some(event) = client.next().await? {
             if matches!(event, WireEvent::Pod(PodEvent::Shutdown)) {
