@@ -167,7 +167,7 @@ async fn load_errors_name_the_file_and_others_still_load() {
     let host = PluginHost::with_plugins(&options, &[dir.path().to_path_buf()]).await.unwrap();
 
     let loaded: Vec<&str> = host.plugins().iter().map(|p| p.name()).collect();
-    assert_eq!(loaded, ["fs_tools", "clash"]);
+    assert_eq!(loaded, ["fs_tools", "pod_tools", "clash"]);
     let errors = host.load_errors();
     let find = |file: &str| {
         errors
