@@ -7,8 +7,8 @@
 //! builds of the host share one guest build.
 //!
 //! Outputs:
-//! - `$OUT_DIR/builtin_plugins.rs`: `BUILTIN_PLUGINS: &[(&str, &[u8])]`, the
-//!   components every host carries (file name, bytes).
+//! - `$OUT_DIR/builtin_plugins.rs`: `BUILTIN_PLUGINS: &[(&str, &[u8], Option<&str>)]`, the
+//!   components every host carries (file name, bytes, capability file).
 //! - `YOI_GUEST_DIR` (compile-time env): where all built guests live, for
 //!   tests and benchmarks that need the testing plugins.
 
@@ -37,13 +37,19 @@ fn main() {
     let guest_dir = target_dir.join("wasm32-wasip2").join("release");
     println!("cargo:rustc-env=YOI_GUEST_DIR={}", guest_dir.display());
 
-    let mut table = String::from("/// Builtin plugin components: (file name, bytes).\n");
-    table.push_str("pub const BUILTIN_PLUGINS: &[(&str, &[u8])] = &[\n");
+    let mut table = String::from("/// Builtin plugin components: (file name, bytes, capability file).\n");
+    table.push_str("pub const BUILTIN_PLUGINS: &[(&str, &[u8], Option<&str>)] = &[\n");
     for name in BUILTIN {
         let file = format!("{}.wasm", name.replace('-', "_"));
         let path = guest_dir.join(&file);
         assert!(path.exists(), "guest build did not produce {}", path.display());
-        table.push_str(&format!("    ({file:?}, include_bytes!({:?})),\n", path.display().to_string()));
+        let caps = plugins.join(name).join("capabilities.toml");
+        let caps = if caps.exists() {
+            format!("Some(include_str!({:?}))", caps.display().to_string())
+        } else {
+            "None".to_string()
+        };
+        table.push_str(&format!("    ({file:?}, include_bytes!({:?}), {caps}),\n", path.display().to_string()));
     }
     table.push_str("];\n");
     std::fs::write(out_dir.join("builtin_plugins.rs"), table).unwrap();

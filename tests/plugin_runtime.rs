@@ -47,7 +47,7 @@ async fn no_env_args_or_network() {
     let pod = pod(&[], &[], CallLimits::default());
     let out = host.call(&pod, "Env", &json!({"connect": addr.to_string()}).to_string()).await.unwrap();
     let env = content_json(&out);
-    assert_eq!(env["vars"], 0);
+    assert_eq!(env["vars"], json!({}));
     assert_eq!(env["args"], 0);
     assert!(env["connect"].as_str().unwrap().starts_with("refused"), "{env}");
     assert_eq!(host.call(&pod, "Print", r#"{"text":"hi"}"#).await.unwrap().summary, "printed");

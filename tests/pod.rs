@@ -110,6 +110,7 @@ impl Setup {
             runtime_root: self.runtime_root(),
             resume,
             scope_lock: ScopeLock::new(self.sb.root.join("run/scope.lock")),
+            data_root: self.sb.root.join("home/data"),
         })
         .await
     }
@@ -423,6 +424,7 @@ async fn compaction_summarises_into_a_new_session() {
         runtime_root: sb.root.join("run"),
         resume: None,
         scope_lock: ScopeLock::new(sb.root.join("run/scope.lock")),
+        data_root: sb.root.join("data"),
     })
     .await
     .unwrap();

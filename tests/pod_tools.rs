@@ -67,6 +67,7 @@ impl Tree {
             runtime_root: sb.root.join("run"),
             resume: None,
             scope_lock: ScopeLock::new(sb.root.join("run/scope.lock")),
+            data_root: sb.root.join("data"),
         })
         .await
         .unwrap();

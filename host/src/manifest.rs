@@ -35,6 +35,18 @@ pub struct Manifest {
     /// `[compaction]`
     #[serde(default)]
     pub compaction: CompactionSection,
+    /// `[plugins]`: `[[plugins.grant]]`, what each plugin may use beyond the scope.
+    #[serde(default)]
+    pub plugins: PluginsSection,
+}
+
+/// `[plugins]`
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginsSection {
+    /// One grant per plugin.
+    #[serde(default)]
+    pub grant: Vec<crate::plugin::Grant>,
 }
 
 /// `[compaction]`

@@ -218,12 +218,12 @@ async fn tool_call(dirs: &PluginDirs, manifest: &std::path::Path, tool: &str, in
     for e in host.load_errors() {
         eprintln!("yoi-host: plugin not loaded: {e}");
     }
-    let pod = Arc::new(PodContext::new(
-        &loaded.manifest.pod.name,
-        loaded.working_dir.clone(),
-        loaded.scope.clone(),
-        loaded.call_limits(),
-    ));
+    let name = &loaded.manifest.pod.name;
+    let mut pod = PodContext::new(name, loaded.working_dir.clone(), loaded.scope.clone(), loaded.call_limits());
+    let env = |var: &str| std::env::var(var).ok();
+    let data_root = crate::home::Home::from_env()?.root().join("data");
+    pod.grants = host.grants_for(&loaded.manifest.plugins.grant, name, &data_root, &env)?;
+    let pod = Arc::new(pod);
     let result = match serde_json::from_str::<serde_json::Value>(input) {
         Ok(value) if value.is_object() => host.call(&pod, tool, input).await,
         Ok(_) => Err(ToolError::new(ToolErrorKind::InvalidInput, "the input must be a JSON object")),

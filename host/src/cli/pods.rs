@@ -77,9 +77,18 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let sessions = SessionStore::new(home.root().join("sessions"));
     let resume = args.resume.as_deref().map(|r| sessions.resolve(r, &name)).transpose()?;
     let scope_lock = ScopeLock::new(home.scope_lock());
-    let handle =
-        start(PodSpec { manifest: loaded, plugins, provider, retry, sessions, runtime_root, resume, scope_lock })
-            .await?;
+    let handle = start(PodSpec {
+        manifest: loaded,
+        plugins,
+        provider,
+        retry,
+        sessions,
+        runtime_root,
+        resume,
+        scope_lock,
+        data_root: home.root().join("data"),
+    })
+    .await?;
     let mut events = handle.subscribe();
     let (reply, mut replies) = mpsc::channel(16);
     eprintln!("yoi-host: pod {name} listening on {}", handle.socket.display());

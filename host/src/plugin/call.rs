@@ -15,6 +15,7 @@ use wasmtime::{ResourceLimiter, Store, UpdateDeadline};
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use super::bindings::{Plugin, PluginPre};
+use super::capabilities::Grants;
 use super::host::pods::PodControl;
 use super::output::Capture;
 use super::result::{ToolError, ToolErrorKind};
@@ -53,6 +54,8 @@ pub struct PodContext {
     pub state: PodState,
     /// Child pods, when the pod is served by a host that runs them.
     pub control: Option<Arc<dyn PodControl>>,
+    /// What each plugin may use beyond the scope, by plugin name.
+    pub grants: Grants,
 }
 
 impl std::fmt::Debug for PodContext {
@@ -71,6 +74,7 @@ impl PodContext {
             limits,
             state: PodState::new(),
             control: None,
+            grants: Grants::new(),
         }
     }
 
@@ -168,7 +172,7 @@ pub async fn with_fresh_instance<R>(
 ) -> Result<R, ToolError> {
     let stdout = Capture::default();
     let stderr = Capture::default();
-    let wasi = wasi_context(pod, &stdout, &stderr);
+    let wasi = wasi_context(pod, &label.name, &stdout, &stderr);
     let limits = pod.limits;
     let state = CallState {
         wasi,
@@ -201,8 +205,9 @@ pub async fn with_fresh_instance<R>(
 }
 
 /// The WASI context of a call: the pod's scope as preopens, stdio captured,
-/// and nothing else (no env, args, network or inherited stdio).
-fn wasi_context(pod: &PodContext, stdout: &Capture, stderr: &Capture) -> WasiCtx {
+/// and what the plugin was granted (environment variables, its data
+/// directory); nothing else (no args, network or inherited stdio).
+fn wasi_context(pod: &PodContext, plugin: &str, stdout: &Capture, stderr: &Capture) -> WasiCtx {
     let mut builder = WasiCtxBuilder::new();
     builder
         .allow_blocking_current_thread(true)
@@ -216,6 +221,18 @@ fn wasi_context(pod: &PodContext, stdout: &Capture, stderr: &Capture) -> WasiCtx
         let guest_path = preopen.dir.to_string_lossy().into_owned();
         if let Err(e) = builder.preopened_dir(&preopen.dir, guest_path, perms) {
             tracing::warn!(pod = %pod.name, dir = %preopen.dir.display(), "scope directory left out of the call: {e:?}");
+        }
+    }
+    if let Some(granted) = pod.grants.get(plugin) {
+        for (var, value) in &granted.env {
+            builder.env(var, value);
+        }
+        if let Some(dir) = &granted.data_dir {
+            let guest_path = dir.to_string_lossy().into_owned();
+            builder.env("YOI_DATA_DIR", &guest_path);
+            if let Err(e) = builder.preopened_dir(dir, guest_path, FsPerms::ReadWrite) {
+                tracing::warn!(pod = %pod.name, plugin, "data directory left out of the call: {e:?}");
+            }
         }
     }
     builder.build()

@@ -17,6 +17,7 @@
 mod bindings;
 pub mod cache;
 mod call;
+pub mod capabilities;
 pub mod engine;
 mod host;
 mod output;
@@ -35,6 +36,7 @@ use bindings::{Plugin, PluginPre};
 use cache::{CacheOutcome, ComponentCache};
 pub use call::{CallLimits, PodContext};
 use call::{CallState, PluginLabel, with_fresh_instance};
+pub use capabilities::{Declared, Grant, Granted, Grants};
 pub use engine::Allocator;
 use engine::EpochTicker;
 pub use host::pods::{ChildOutput, ChildState, ChildSummary, PodControl, Refusal, SpawnRequest};
@@ -67,6 +69,8 @@ pub struct PluginSource {
     pub origin: String,
     /// The component.
     pub bytes: Arc<[u8]>,
+    /// Its capability file, if any: (where it came from, its text).
+    pub capabilities: Option<(String, String)>,
 }
 
 impl PluginSource {
@@ -74,10 +78,11 @@ impl PluginSource {
     pub fn builtin() -> Vec<PluginSource> {
         builtin::BUILTIN_PLUGINS
             .iter()
-            .map(|(file, bytes)| PluginSource {
+            .map(|(file, bytes, capabilities)| PluginSource {
                 name: file.trim_end_matches(".wasm").to_string(),
                 origin: "builtin".to_string(),
                 bytes: Arc::from(*bytes),
+                capabilities: capabilities.map(|text| (format!("builtin {file} capabilities"), text.to_string())),
             })
             .collect()
     }
@@ -107,7 +112,13 @@ impl PluginSource {
     pub fn from_file(path: &Path) -> anyhow::Result<PluginSource> {
         let bytes = std::fs::read(path).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
         let name = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
-        Ok(PluginSource { name, origin: path.display().to_string(), bytes: bytes.into() })
+        let toml = path.with_extension("toml");
+        let capabilities = match std::fs::read_to_string(&toml) {
+            Ok(text) => Some((toml.display().to_string(), text)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => anyhow::bail!("cannot read {}: {e}", toml.display()),
+        };
+        Ok(PluginSource { name, origin: path.display().to_string(), bytes: bytes.into(), capabilities })
     }
 }
 
@@ -132,6 +143,7 @@ pub struct LoadedPlugin {
     digest: String,
     pre: PluginPre<CallState>,
     tools: Vec<ToolInfo>,
+    declared: Declared,
     cache: CacheOutcome,
 }
 
@@ -149,6 +161,16 @@ impl LoadedPlugin {
     /// Hex SHA-256 of the component.
     pub fn digest(&self) -> &str {
         &self.digest
+    }
+
+    /// What it declared in its capability file.
+    pub fn declared(&self) -> &Declared {
+        &self.declared
+    }
+
+    /// Whether it is compiled into this binary.
+    pub fn is_builtin(&self) -> bool {
+        self.label.origin == "builtin"
     }
 
     /// Its tools, in the order it described them.
@@ -247,11 +269,19 @@ impl PluginHost {
         if let Some(other) = self.plugins.iter().find(|p| p.name() == source.name) {
             return Err(format!("a plugin named `{}` is already loaded from {}", source.name, other.origin()));
         }
+        let declared = match &source.capabilities {
+            Some((origin, text)) => Declared::parse(text, origin)?,
+            None => Declared::default(),
+        };
         let digest = hex::encode(Sha256::digest(&source.bytes));
         let (component, cache) = self
             .cache
             .load_or_compile(&self.engine, &source.bytes, &digest)
             .map_err(|e| format!("not a valid WebAssembly component: {e:#}"))?;
+        let ty = component.component_type();
+        let exports: Vec<&str> = ty.exports(&self.engine).map(|(name, _)| name).collect();
+        let imports: Vec<&str> = ty.imports(&self.engine).map(|(name, _)| name).collect();
+        capabilities::check_component(exports, imports, &declared)?;
         let instance_pre = self.linker.instantiate_pre(&component).map_err(|e| {
             format!("cannot link: {e:#} (a tool plugin imports only WASI 0.2 and yoi:plugin@{WIT_VERSION} interfaces)")
         })?;
@@ -285,7 +315,7 @@ impl PluginHost {
             }
             tools.push(tool);
         }
-        Ok(LoadedPlugin { label, digest, pre, tools, cache })
+        Ok(LoadedPlugin { label, digest, pre, tools, declared, cache })
     }
 
     /// Plugins that loaded, in load order.
@@ -306,6 +336,50 @@ impl PluginHost {
     /// The plugin that offers `tool`.
     pub fn plugin_for(&self, tool: &str) -> Option<&Arc<LoadedPlugin>> {
         self.tools.get(tool).map(|&i| &self.plugins[i])
+    }
+
+    /// What each plugin has in the pod `pod`, whose manifest grants
+    /// `grants`: declared ∩ granted (builtins get what they declare unless a
+    /// grant names them). A grant for a plugin that is not loaded, or whose
+    /// pinned digest differs, is an error.
+    pub fn grants_for(
+        &self,
+        grants: &[Grant],
+        pod: &str,
+        data_root: &Path,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> anyhow::Result<Grants> {
+        for grant in grants {
+            let Some(plugin) = self.plugins.iter().find(|p| p.name() == grant.plugin) else {
+                anyhow::bail!("[[plugins.grant]] names plugin `{}`, which is not loaded", grant.plugin);
+            };
+            if let Some(pinned) = &grant.sha256
+                && !pinned.eq_ignore_ascii_case(plugin.digest())
+            {
+                anyhow::bail!(
+                    "plugin `{}` ({}) is refused: its sha256 is {}, but the manifest pins {pinned}",
+                    plugin.name(),
+                    plugin.origin(),
+                    plugin.digest()
+                );
+            }
+        }
+        let mut result = Grants::new();
+        for plugin in &self.plugins {
+            let grant = grants.iter().find(|g| g.plugin == plugin.name());
+            let granted = capabilities::effective(
+                plugin.name(),
+                &plugin.declared,
+                grant,
+                plugin.is_builtin(),
+                pod,
+                data_root,
+                env,
+            )
+            .map_err(|e| anyhow::anyhow!("plugin `{}`: {e}", plugin.name()))?;
+            result.insert(plugin.name().to_string(), granted);
+        }
+        Ok(result)
     }
 
     /// Runs `tool` with `input` (JSON text) for `pod`, in a fresh instance.

@@ -45,6 +45,8 @@ pub struct FamilyConfig {
     pub runtime_root: PathBuf,
     /// The machine-wide scope lock.
     pub scope_lock: ScopeLock,
+    /// Where plugins' private data directories go (`$YOI_HOME/data`).
+    pub data_root: PathBuf,
 }
 
 /// The system prompt of a child unless its spawner adds an instruction.
@@ -103,6 +105,9 @@ impl Family {
         let write = write_targets(&granted);
         let mut context = PodContext::new(&name, manifest.working_dir.clone(), granted.clone(), manifest.call_limits());
         context.control = Some(Arc::new(Link(self.me.clone())));
+        let env = |var: &str| std::env::var(var).ok();
+        context.grants =
+            self.config.plugins.grants_for(&manifest.manifest.plugins.grant, &name, &self.config.data_root, &env)?;
         let context = Arc::new(context);
         let (lifecycle, events) = mpsc::unbounded_channel();
         let family = self.me.upgrade().expect("a family lives in an Arc");

@@ -65,6 +65,8 @@ pub struct PodSpec {
     pub resume: Option<String>,
     /// The machine-wide scope lock.
     pub scope_lock: ScopeLock,
+    /// Where plugins' private data directories go (`$YOI_HOME/data`).
+    pub data_root: PathBuf,
 }
 
 /// What one pod of a family needs to start; the rest is the family's.
@@ -282,6 +284,7 @@ pub async fn start(spec: PodSpec) -> anyhow::Result<PodHandle> {
         sessions: spec.sessions,
         runtime_root: spec.runtime_root,
         scope_lock: spec.scope_lock,
+        data_root: spec.data_root,
     });
     let member =
         MemberSpec { manifest: spec.manifest, provider: spec.provider, retry: spec.retry, resume: spec.resume };

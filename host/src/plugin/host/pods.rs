@@ -108,6 +108,12 @@ fn wit_state(state: ChildState) -> pods::PodState {
 
 impl CallState {
     fn control(&self) -> Result<&dyn PodControl, WitToolError> {
+        if !self.pod.grants.get(&*self.plugin).is_some_and(|g| g.pods) {
+            return Err(WitToolError::PermissionDenied(format!(
+                "plugin `{}` was not granted child pods in this pod's manifest ([[plugins.grant]] pods = true)",
+                self.plugin
+            )));
+        }
         self.pod.control.as_deref().ok_or_else(|| {
             WitToolError::Failed("this pod cannot run child pods here (only a served pod can)".to_string())
         })

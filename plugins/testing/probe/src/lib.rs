@@ -35,7 +35,7 @@ impl Guest for Probe {
             tool_info("Context", "Returns the pod context as JSON.", object(json!({}))),
             tool_info(
                 "Env",
-                "Reports environment variables, arguments and a TCP connect attempt.",
+                "Reports environment variables, the argument count and a TCP connect attempt.",
                 object(json!({"connect": {"type": "string"}})),
             ),
             tool_info("Spin", "Loops forever.", object(json!({}))),
@@ -95,7 +95,7 @@ impl Guest for Probe {
                     Err(e) => format!("refused: {e}"),
                 });
                 let value = json!({
-                    "vars": std::env::vars().count(),
+                    "vars": std::env::vars().collect::<std::collections::BTreeMap<_, _>>(),
                     "args": std::env::args().count(),
                     "connect": connect,
                 });
