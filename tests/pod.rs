@@ -5,7 +5,6 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
 use common::mock_http::{MockServer, Reply};
@@ -15,10 +14,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use yoi_host::history::Item;
-use yoi_host::manifest::LoadedManifest;
-use yoi_host::plugin::{Allocator, HostOptions, PluginHost};
-use yoi_host::pod::{PodHandle, PodSpec, start};
-use yoi_host::provider::{Provider, from_manifest, retry_policy};
+use yoi_host::pod::PodHandle;
 use yoi_host::scope_lock::ScopeLock;
 use yoi_host::session::SessionStore;
 
@@ -93,26 +89,7 @@ impl Setup {
     }
 
     async fn start(&self, resume: Option<String>) -> anyhow::Result<PodHandle> {
-        let loaded = LoadedManifest::load(&self.manifest())?;
-        let section = loaded.manifest.provider.clone().unwrap();
-        let provider: Arc<dyn Provider> =
-            Arc::from(from_manifest(&section, &self.sb.root, &loaded.working_dir, &loaded.manifest.pod.name, &|_| {
-                None
-            })?);
-        let options = HostOptions { cache_dir: shared_cache(), allocator: Allocator::Pooling };
-        let plugins = Arc::new(PluginHost::with_plugins(&options, &[]).await?);
-        start(PodSpec {
-            manifest: loaded,
-            plugins,
-            provider: Some(provider),
-            retry: retry_policy(&section),
-            sessions: self.sessions(),
-            runtime_root: self.runtime_root(),
-            resume,
-            scope_lock: ScopeLock::new(self.sb.root.join("run/scope.lock")),
-            data_root: self.sb.root.join("home/data"),
-        })
-        .await
+        common::start_pod(&self.manifest(), &self.sb.root.join("home"), &[], resume).await
     }
 }
 
@@ -409,25 +386,8 @@ async fn compaction_summarises_into_a_new_session() {
             server.url
         ),
     );
-    let loaded = LoadedManifest::load(&sb.root.join("pod.toml")).unwrap();
-    let section = loaded.manifest.provider.clone().unwrap();
-    let provider: Arc<dyn Provider> =
-        Arc::from(from_manifest(&section, &sb.root, &loaded.working_dir, "compact", &|_| None).unwrap());
-    let options = HostOptions { cache_dir: shared_cache(), allocator: Allocator::Pooling };
     let sessions = SessionStore::new(sb.root.join("sessions"));
-    let pod = start(PodSpec {
-        manifest: loaded,
-        plugins: Arc::new(PluginHost::with_plugins(&options, &[]).await.unwrap()),
-        provider: Some(provider),
-        retry: retry_policy(&section),
-        sessions: sessions.clone(),
-        runtime_root: sb.root.join("run"),
-        resume: None,
-        scope_lock: ScopeLock::new(sb.root.join("run/scope.lock")),
-        data_root: sb.root.join("data"),
-    })
-    .await
-    .unwrap();
+    let pod = common::start_pod(&sb.root.join("pod.toml"), &sb.root, &[], None).await.unwrap();
     let mut c = Client::connect(&pod.socket).await;
     c.send(json!({"method": "run", "input": "what is in data.txt?"})).await;
     assert_eq!(c.expect("run_end").await["outcome"], "finished");

@@ -6,18 +6,14 @@
 mod common;
 
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
-use common::{Sandbox, plugin_dir, shared_cache};
+use common::{Sandbox, plugin_dir};
 use serde_json::{Value, json};
 use tokio::sync::broadcast;
 use yoi_host::history::Item;
-use yoi_host::manifest::LoadedManifest;
-use yoi_host::plugin::{Allocator, HostOptions, PluginHost};
-use yoi_host::pod::{PodHandle, PodSpec, start};
+use yoi_host::pod::PodHandle;
 use yoi_host::protocol::{Method, PodEvent, WireEvent};
-use yoi_host::provider::{Provider, from_manifest, retry_policy};
 use yoi_host::scope_lock::ScopeLock;
 use yoi_host::session::SessionStore;
 
@@ -51,26 +47,10 @@ impl Tree {
             "[pod]\nname = \"lead\"\n[provider]\nkind = \"scripted\"\nmodel = \"script\"\nscript = \"script.json\"\n\
              [[scope.allow]]\ntarget = \"proj\"\npermission = \"write\"\n",
         );
-        let loaded = LoadedManifest::load(&sb.root.join("pod.toml")).unwrap();
-        let section = loaded.manifest.provider.clone().unwrap();
-        let provider: Arc<dyn Provider> =
-            Arc::from(from_manifest(&section, &sb.root, &loaded.working_dir, "lead", &|_| None).unwrap());
         let plugins = plugin_dir(&["probe"]);
-        let options = HostOptions { cache_dir: shared_cache(), allocator: Allocator::Pooling };
-        let host = PluginHost::with_plugins(&options, &[plugins.path().to_path_buf()]).await.unwrap();
-        let lead = start(PodSpec {
-            manifest: loaded,
-            plugins: Arc::new(host),
-            provider: Some(provider),
-            retry: retry_policy(&section),
-            sessions: SessionStore::new(sb.root.join("sessions")),
-            runtime_root: sb.root.join("run"),
-            resume: None,
-            scope_lock: ScopeLock::new(sb.root.join("run/scope.lock")),
-            data_root: sb.root.join("data"),
-        })
-        .await
-        .unwrap();
+        let lead = common::start_pod(&sb.root.join("pod.toml"), &sb.root, &[plugins.path().to_path_buf()], None)
+            .await
+            .unwrap();
         let events = lead.subscribe();
         Tree { sb, lead, events, seen: Vec::new(), _plugins: plugins }
     }

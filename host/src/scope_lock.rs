@@ -51,10 +51,13 @@ impl Table {
         let (removed, kept): (Vec<Claim>, Vec<Claim>) = self.claims.drain(..).partition(|c| gone(c));
         self.claims = kept;
         for claim in &mut self.claims {
-            // Climb past every removed ancestor.
-            while let Some(parent) =
-                removed.iter().find(|r| r.pid == claim.pid && Some(&r.pod) == claim.parent.as_ref())
-            {
+            // Climb past every removed ancestor (at most all of them: a
+            // hand-edited file could hold a cycle).
+            for _ in 0..=removed.len() {
+                let Some(parent) = removed.iter().find(|r| r.pid == claim.pid && Some(&r.pod) == claim.parent.as_ref())
+                else {
+                    break;
+                };
                 claim.parent = parent.parent.clone();
             }
         }
@@ -62,12 +65,14 @@ impl Table {
 
     /// Whether `other` is `pod`'s parent, grandparent, ... in process `pid`.
     fn is_ancestor(&self, other: &Claim, pid: u32, parent: Option<&str>) -> bool {
-        let mut next = parent.map(str::to_string);
-        while let Some(name) = next {
+        let mut next = parent;
+        // A chain longer than the table is a cycle in a damaged file.
+        for _ in 0..=self.claims.len() {
+            let Some(name) = next else { return false };
             if other.pid == pid && other.pod == name {
                 return true;
             }
-            next = self.claims.iter().find(|c| c.pid == pid && c.pod == name).and_then(|c| c.parent.clone());
+            next = self.claims.iter().find(|c| c.pid == pid && c.pod == name).and_then(|c| c.parent.as_deref());
         }
         false
     }
@@ -223,6 +228,28 @@ mod tests {
         assert_eq!(claims.len(), 1);
         assert_eq!(claims[0].pod, "new");
         assert!(start_time(std::process::id()).is_some());
+    }
+
+    #[test]
+    fn a_parent_cycle_in_a_damaged_file_does_not_hang() {
+        let tmp = tempfile::tempdir().unwrap();
+        let lock = ScopeLock::new(tmp.path().join("scope.lock"));
+        let pid = std::process::id();
+        let claim = |pod: &str, parent: &str, write: &str| Claim {
+            pod: pod.into(),
+            pid,
+            started: 0,
+            parent: Some(parent.into()),
+            write: vec![write.into()],
+        };
+        let mut d = claim("d", "a", "/p/d");
+        d.parent = None;
+        let table = Table { claims: vec![claim("a", "b", "/p/a"), claim("b", "a", "/p/b"), d] };
+        std::fs::write(&lock.path, serde_json::to_vec(&table).unwrap()).unwrap();
+        let err = lock.claim("c", Some("a"), &["/p/d/x".into()]).unwrap_err();
+        assert!(err.to_string().contains("held by pod \"d\""), "{err}");
+        // Releasing a claim inside the cycle terminates too.
+        drop(lock.claim("e", Some("b"), &["/q".into()]).unwrap());
     }
 
     #[test]

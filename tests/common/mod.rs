@@ -7,8 +7,13 @@ pub mod mock_http;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use yoi_host::manifest::LoadedManifest;
 use yoi_host::plugin::{Allocator, CallLimits, HostOptions, PluginHost, PodContext};
+use yoi_host::pod::{PodHandle, PodSpec, start};
+use yoi_host::provider::{Provider, from_manifest, retry_policy};
 use yoi_host::scope::{Permission, RuleSpec, Scope};
+use yoi_host::scope_lock::ScopeLock;
+use yoi_host::session::SessionStore;
 
 /// Where the build put the guest components.
 pub fn guest(name: &str) -> PathBuf {
@@ -83,4 +88,35 @@ pub fn pod(allow: &[RuleSpec], deny: &[RuleSpec], limits: CallLimits) -> Arc<Pod
     let scope = Scope::resolve(allow, deny, Path::new("/")).unwrap();
     let working_dir = scope.allow.first().map(|r| r.target.clone()).unwrap_or_else(|| "/".into());
     Arc::new(PodContext::new("test", working_dir, scope, limits))
+}
+
+/// Starts the pod of `manifest` in this process, with its provider (no API
+/// keys), the builtin plugins plus those in `plugin_dirs`, sessions and data
+/// under `home`, and runtime dirs and the scope lock in `run/` beside the
+/// manifest.
+pub async fn start_pod(
+    manifest: &Path,
+    home: &Path,
+    plugin_dirs: &[PathBuf],
+    resume: Option<String>,
+) -> anyhow::Result<PodHandle> {
+    let loaded = LoadedManifest::load(manifest)?;
+    let base = manifest.parent().unwrap();
+    let section = loaded.manifest.provider.clone().expect("a [provider] section");
+    let name = loaded.manifest.pod.name.clone();
+    let provider: Arc<dyn Provider> = Arc::from(from_manifest(&section, base, &loaded.working_dir, &name, &|_| None)?);
+    let options = HostOptions { cache_dir: shared_cache(), allocator: Allocator::Pooling };
+    let plugins = Arc::new(PluginHost::with_plugins(&options, plugin_dirs).await?);
+    start(PodSpec {
+        manifest: loaded,
+        plugins,
+        provider: Some(provider),
+        retry: retry_policy(&section),
+        sessions: SessionStore::new(home.join("sessions")),
+        runtime_root: base.join("run"),
+        resume,
+        scope_lock: ScopeLock::new(base.join("run/scope.lock")),
+        data_root: home.join("data"),
+    })
+    .await
 }

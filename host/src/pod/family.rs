@@ -24,7 +24,7 @@ use std::sync::{Arc, Mutex, Weak};
 
 use tokio::sync::mpsc;
 
-use super::{Lifecycle, MemberSpec, PodHandle, State};
+use super::{MemberSpec, PodHandle, RunEnded, State};
 use crate::agent::Outcome;
 use crate::manifest::{LoadedManifest, validate_pod_name};
 use crate::plugin::{ChildOutput, ChildState, ChildSummary, PluginHost, PodContext, PodControl, Refusal, SpawnRequest};
@@ -109,10 +109,10 @@ impl Family {
         context.grants =
             self.config.plugins.grants_for(&manifest.manifest.plugins.grant, &name, &self.config.data_root, &env)?;
         let context = Arc::new(context);
-        let (lifecycle, events) = mpsc::unbounded_channel();
+        let (run_ends, ended) = mpsc::unbounded_channel();
         let family = self.me.upgrade().expect("a family lives in an Arc");
         let handle =
-            super::start_pod(spec, &family, &self.config, context.clone(), parent.as_deref(), lifecycle).await?;
+            super::start_pod(spec, &family, &self.config, context.clone(), parent.as_deref(), run_ends).await?;
         let member = Member {
             handle: handle.clone(),
             parent,
@@ -127,7 +127,7 @@ impl Family {
         };
         self.members.lock().unwrap().insert(name.clone(), member);
         let family = self.me.clone();
-        tokio::spawn(watch(family, name, events));
+        tokio::spawn(watch(family, name, ended));
         Ok(handle)
     }
 
@@ -146,16 +146,6 @@ impl Family {
                 handle.wait().await;
             }
         }
-    }
-
-    /// Resolves `name`, relative to `caller`, to a descendant's full name.
-    fn descendant(&self, members: &BTreeMap<String, Member>, caller: &str, name: &str) -> Result<String, Refusal> {
-        let no_such = || Refusal::NotFound(format!("no such pod: {name:?} (ListPods shows yours)"));
-        let full = format!("{caller}.{name}");
-        if name.is_empty() || !members.contains_key(&full) || !is_descendant(members, &full, caller) {
-            return Err(no_such());
-        }
-        Ok(full)
     }
 
     /// The lending scope of `name`: what it was granted, minus what its live
@@ -230,14 +220,20 @@ impl Family {
         let handle = self
             .start_member(spec, Some(caller.to_string()))
             .await
-            .map_err(|e| Refusal::PermissionDenied(format!("cannot start pod {:?}: {e:#}", request.name)))?;
+            .map_err(|e| Refusal::Failed(format!("cannot start pod {:?}: {e:#}", request.name)))?;
         {
             let members = self.members.lock().unwrap();
             Self::refresh_scope(&members, caller);
         }
         let mut answer = handle.request(Method::Run { input: request.task.clone() }).await;
         if let Some(WireEvent::Pod(PodEvent::Error { message, .. })) = answer.recv().await {
-            return Err(Refusal::Failed(format!("pod {full:?} started but did not take its task: {message}")));
+            // A child without its task holds scope for nothing: stop it.
+            self.members.lock().unwrap().get_mut(&full).expect("just started").stopped_by = Some(caller.to_string());
+            drop(handle.request(Method::Shutdown { detach_children: false }).await);
+            handle.wait().await;
+            return Err(Refusal::Failed(format!(
+                "pod {full:?} started but did not take its task ({message}); it was stopped"
+            )));
         }
         let scope = rules.iter().map(describe_rule).collect::<Vec<_>>().join(", ");
         let lent: Vec<String> = rules
@@ -342,7 +338,7 @@ impl Family {
 
     fn read_output(&self, caller: &str, name: &str) -> Result<ChildOutput, Refusal> {
         let mut members = self.members.lock().unwrap();
-        let full = self.descendant(&members, caller, name)?;
+        let full = descendant(&members, caller, name)?;
         let max = members.get(caller).map_or(16 * 1024, |c| c.context.limits.output_max_bytes).saturating_sub(512);
         let member = members.get_mut(&full).expect("resolved above");
         let cursor = member.cursors.get(caller).copied().unwrap_or(0);
@@ -354,7 +350,7 @@ impl Family {
     async fn stop_descendant(&self, caller: &str, name: &str) -> Result<String, Refusal> {
         let (handle, stopped, given_back, to) = {
             let mut members = self.members.lock().unwrap();
-            let full = self.descendant(&members, caller, name)?;
+            let full = descendant(&members, caller, name)?;
             if members[&full].handle.is_stopped() {
                 return Ok(format!("pod {name:?} was already stopped"));
             }
@@ -400,7 +396,7 @@ impl Family {
 
     fn handle_of(&self, caller: &str, name: &str) -> Result<(String, PodHandle), Refusal> {
         let members = self.members.lock().unwrap();
-        let full = self.descendant(&members, caller, name)?;
+        let full = descendant(&members, caller, name)?;
         Ok((full.clone(), members[&full].handle.clone()))
     }
 }
@@ -464,8 +460,20 @@ fn lent_note(members: &BTreeMap<String, Member>, caller: &str, path: &Path) -> S
         .unwrap_or_default()
 }
 
-fn write_targets(scope: &Scope) -> Vec<PathBuf> {
+/// The targets of a scope's write rules: what a pod claims in the lock and
+/// lends its parent's.
+pub(super) fn write_targets(scope: &Scope) -> Vec<PathBuf> {
     scope.allow.iter().filter(|r| r.permission == Permission::Write).map(|r| r.target.clone()).collect()
+}
+
+/// Resolves `name`, relative to `caller`, to a descendant's full name; any
+/// other name is "no such pod", whether or not it exists.
+fn descendant(members: &BTreeMap<String, Member>, caller: &str, name: &str) -> Result<String, Refusal> {
+    let full = format!("{caller}.{name}");
+    if name.is_empty() || !members.contains_key(&full) || !is_descendant(members, &full, caller) {
+        return Err(Refusal::NotFound(format!("no such pod: {name:?} (ListPods shows yours)")));
+    }
+    Ok(full)
 }
 
 /// Whether `name` is a descendant of `ancestor` (and not `ancestor` itself).
@@ -494,10 +502,10 @@ fn child_state(handle: &PodHandle) -> ChildState {
     }
 }
 
-/// Forwards a pod's lifecycle to its parent as notes: a run ended, an error.
-/// (Stopping is told by [`Family::stopped`].)
-async fn watch(family: Weak<Family>, name: String, mut events: mpsc::UnboundedReceiver<Lifecycle>) {
-    while let Some(event) = events.recv().await {
+/// Tells a pod's parent, as a note, each time one of the pod's runs ends
+/// (stopping is told by [`Family::stopped`]).
+async fn watch(family: Weak<Family>, name: String, mut run_ends: mpsc::UnboundedReceiver<RunEnded>) {
+    while let Some(ended) = run_ends.recv().await {
         let Some(family) = family.upgrade() else { return };
         let note = {
             let members = family.members.lock().unwrap();
@@ -508,20 +516,16 @@ async fn watch(family: Weak<Family>, name: String, mut events: mpsc::UnboundedRe
                 continue;
             }
             let who = relative(&name, parent.0);
-            let text = match event {
-                Lifecycle::RunEnd(outcome) => {
-                    let unread = me.handle.progress.unread(me.cursors.get(parent.0).copied().unwrap_or(0));
-                    let what = match outcome {
-                        Outcome::Finished => "finished its run",
-                        Outcome::Paused => "paused before a tool call, waiting for an operator",
-                        Outcome::LimitReached => "stopped at its turn limit",
-                        Outcome::Cancelled => "had its run cancelled",
-                        Outcome::Failed => "failed its run",
-                    };
-                    format!("child pod {who:?} {what}; {unread} bytes of its output are unread (ReadPodOutput)")
-                }
-                Lifecycle::Error(message) => format!("child pod {who:?} reported an error: {message}"),
+            let unread = me.handle.progress.unread(me.cursors.get(parent.0).copied().unwrap_or(0));
+            let what = match (ended.outcome, &ended.error) {
+                (Outcome::Failed, Some(error)) => format!("failed its run: {error}"),
+                (Outcome::Failed, None) => "failed its run".to_string(),
+                (Outcome::Finished, _) => "finished its run".to_string(),
+                (Outcome::Paused, _) => "paused before a tool call, waiting for an operator".to_string(),
+                (Outcome::LimitReached, _) => "stopped at its turn limit".to_string(),
+                (Outcome::Cancelled, _) => "had its run cancelled".to_string(),
             };
+            let text = format!("child pod {who:?} {what}; {unread} bytes of its output are unread (ReadPodOutput)");
             (parent.1.handle.clone(), text)
         };
         note.0.notify(note.1).await;

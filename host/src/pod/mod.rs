@@ -77,13 +77,12 @@ pub(crate) struct MemberSpec {
     resume: Option<String>,
 }
 
-/// What a pod tells its family about itself (the family passes it on to
-/// the parent as notes).
-pub(crate) enum Lifecycle {
-    /// A run ended.
-    RunEnd(Outcome),
-    /// Something went wrong outside a run's outcome.
-    Error(String),
+/// A run of a pod ended: what the pod tells its family, which passes it on
+/// to the parent as a note.
+pub(crate) struct RunEnded {
+    outcome: Outcome,
+    /// Why the run failed, when it did.
+    error: Option<String>,
 }
 
 /// The pod's state.
@@ -116,14 +115,13 @@ pub struct Shared {
     notes: Mutex<Vec<String>>,
     /// Usage of the pod's last model request, across runs.
     last_usage: Mutex<Option<Usage>>,
-    state: Mutex<State>,
     pod_context: Arc<PodContext>,
     greeting: Greeting,
     runtime: RuntimeDir,
     /// State and output, for other pods.
     progress: Arc<Progress>,
-    /// Lifecycle events for the family.
-    lifecycle: mpsc::UnboundedSender<Lifecycle>,
+    /// Ends of runs, for the family.
+    run_ends: mpsc::UnboundedSender<RunEnded>,
     /// The pod's write scope, held in the machine-wide lock until the pod ends.
     _scope: ClaimGuard,
 }
@@ -149,13 +147,12 @@ impl Shared {
     fn greeting(&self) -> Greeting {
         Greeting {
             session: self.session.lock().unwrap().id().to_string(),
-            state: self.state.lock().unwrap().as_str().to_string(),
+            state: self.progress.state().map_or("stopped", State::as_str).to_string(),
             ..self.greeting.clone()
         }
     }
 
     fn set_state(&self, state: State) {
-        *self.state.lock().unwrap() = state;
         self.progress.set_state(Some(state));
         let status = Status {
             pod: self.name.clone(),
@@ -298,19 +295,12 @@ async fn start_pod(
     config: &FamilyConfig,
     pod_context: Arc<PodContext>,
     parent: Option<&str>,
-    lifecycle: mpsc::UnboundedSender<Lifecycle>,
+    run_ends: mpsc::UnboundedSender<RunEnded>,
 ) -> anyhow::Result<PodHandle> {
     let manifest = &spec.manifest;
     let name = manifest.manifest.pod.name.clone();
     let runtime = RuntimeDir::claim(&config.runtime_root, &name)?;
-    let write_targets: Vec<PathBuf> = manifest
-        .scope
-        .allow
-        .iter()
-        .filter(|r| r.permission == crate::scope::Permission::Write)
-        .map(|r| r.target.clone())
-        .collect();
-    let scope_claim = config.scope_lock.claim(&name, parent, &write_targets)?;
+    let scope_claim = config.scope_lock.claim(&name, parent, &family::write_targets(&manifest.scope))?;
     let mut last_usage = None;
     let (history, session) = match &spec.resume {
         Some(id) => {
@@ -360,12 +350,11 @@ async fn start_pod(
         session: Mutex::new(session),
         notes: Mutex::new(Vec::new()),
         last_usage: Mutex::new(last_usage),
-        state: Mutex::new(State::Idle),
         pod_context,
         greeting,
         runtime,
         progress: Arc::new(Progress::default()),
-        lifecycle,
+        run_ends,
         _scope: scope_claim,
     });
     let socket = shared.runtime.socket();
@@ -533,15 +522,14 @@ impl Controller {
     }
 
     fn finish_run(&mut self, result: Result<Outcome, String>) {
-        let outcome = match result {
-            Ok(outcome) => outcome,
+        let (outcome, failure) = match result {
+            Ok(outcome) => (outcome, None),
             Err(message) => {
-                let _ = self.shared.lifecycle.send(Lifecycle::Error(message.clone()));
-                self.shared.broadcast(error(ErrorCode::ProviderError, message, None));
-                Outcome::Failed
+                self.shared.broadcast(error(ErrorCode::ProviderError, message.clone(), None));
+                (Outcome::Failed, Some(message))
             }
         };
-        let _ = self.shared.lifecycle.send(Lifecycle::RunEnd(outcome));
+        let _ = self.shared.run_ends.send(RunEnded { outcome, error: failure });
         self.shared.log(&Entry::RunEnd { outcome });
         self.state = if outcome == Outcome::Paused { State::Paused } else { State::Idle };
         self.shared.set_state(self.state);
