@@ -25,7 +25,7 @@ fn main() {
     let plugins = root.join("plugins");
     println!("cargo:rerun-if-changed={}", plugins.join("Cargo.toml").display());
     println!("cargo:rerun-if-changed={}", plugins.join("Cargo.lock").display());
-    for dir in ["sdk", "scope-rules", "testing", "fs-tools", "pod-tools"] {
+    for dir in ["sdk", "scope-rules", "testing", "examples", "fs-tools", "pod-tools"] {
         println!("cargo:rerun-if-changed={}", plugins.join(dir).display());
     }
     println!("cargo:rerun-if-changed={}", root.join("wit").display());

@@ -120,3 +120,126 @@ async fn version_and_undeclared_imports_are_refused_at_load() {
     // The builtin pod tools declare it, and load.
     assert!(host_with(&[]).await.plugins().iter().any(|p| p.name() == "pod_tools"));
 }
+
+/// A tiny HTTP/1.1 server on 127.0.0.1 for the outbound HTTP tests: answers
+/// `/ok` with a body, `/to?URL` with a redirect to URL, and counts requests.
+struct TestServer {
+    port: u16,
+    hits: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl TestServer {
+    fn start() -> TestServer {
+        use std::io::{BufRead, BufReader, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let hits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = hits.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { continue };
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut request_line = String::new();
+                let _ = reader.read_line(&mut request_line);
+                let mut line = String::new();
+                while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
+                    line.clear();
+                }
+                let target = request_line.split(' ').nth(1).unwrap_or("/").to_string();
+                let reply = match target.split_once('?') {
+                    Some(("/to", url)) => {
+                        format!(
+                            "HTTP/1.1 302 Found\r\nlocation: {url}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+                        )
+                    }
+                    _ => format!(
+                        "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n\
+                         hello from {port}{target}",
+                        format!("hello from {port}{target}").len()
+                    ),
+                };
+                let _ = stream.write_all(reply.as_bytes());
+                // Read what the client still sends (an empty chunked body)
+                // before closing, so that the close is not a reset.
+                let _ = stream.shutdown(std::net::Shutdown::Write);
+                let _ = stream.set_read_timeout(Some(std::time::Duration::from_secs(2)));
+                let _ = std::io::copy(&mut reader, &mut std::io::sink());
+            }
+        });
+        TestServer { port, hits }
+    }
+
+    fn hits(&self) -> usize {
+        self.hits.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// Outbound HTTP goes through wasi:http, and the host checks scheme, host
+/// and port of every request, redirects included, against what the plugin
+/// declared and the pod granted. A refused request is an error inside the
+/// plugin, made before any connection.
+#[test]
+fn http_requests_reach_only_granted_origins() {
+    let sb = Sandbox::new();
+    sb.dir("proj");
+    let granted = TestServer::start();
+    let other = TestServer::start();
+    let dir = plugin_dir(&["http_get"]);
+    let caps = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugins/examples/http-get/capabilities.toml");
+    std::fs::copy(caps, dir.path().join("http_get.toml")).unwrap();
+    let plugins = dir.path().to_str().unwrap();
+    let manifest = sb.file(
+        "pod.toml",
+        &format!(
+            "[pod]\nname = \"web\"\n[[scope.allow]]\ntarget = \"proj\"\npermission = \"read\"\n\
+             [[plugins.grant]]\nplugin = \"http_get\"\nhttp = [\"http://127.0.0.1:{}\"]\n",
+            granted.port
+        ),
+    );
+    let bare =
+        sb.file("bare.toml", "[pod]\nname = \"bare\"\n[[scope.allow]]\ntarget = \"proj\"\npermission = \"read\"\n");
+    let get = |manifest: &std::path::Path, url: String| {
+        let input = json!({ "url": url }).to_string();
+        let out = yoi(
+            &sb,
+            &["tool", "call", "--plugins", plugins, "--manifest", manifest.to_str().unwrap(), "HttpGet", &input],
+            &[],
+        );
+        let doc: Value =
+            serde_json::from_slice(&out.stdout).unwrap_or_else(|_| panic!("{}", String::from_utf8_lossy(&out.stderr)));
+        (out.status.code(), doc)
+    };
+    let denied = |(code, doc): (Option<i32>, Value), url: &str| {
+        assert_eq!(code, Some(1), "{doc}");
+        let message = doc["error"]["message"].as_str().unwrap();
+        assert!(message.contains("refused") && message.contains(url), "{message}");
+    };
+    let g = granted.port;
+    let o = other.port;
+
+    let (code, doc) = get(&manifest, format!("http://127.0.0.1:{g}/ok"));
+    assert_eq!(code, Some(0), "{doc}");
+    assert!(doc["ok"]["content"].as_str().unwrap().contains(&format!("hello from {g}/ok")), "{doc}");
+    // A redirect within the granted origin is followed.
+    let (code, doc) = get(&manifest, format!("http://127.0.0.1:{g}/to?/ok"));
+    assert_eq!(code, Some(0), "{doc}");
+    assert!(doc["ok"]["content"].as_str().unwrap().contains("redirect: 302"), "{doc}");
+    let before = granted.hits();
+
+    // Another port, another host name for the same address, and redirects
+    // to either: refused, and nothing reaches the other server.
+    denied(get(&manifest, format!("http://127.0.0.1:{o}/ok")), &format!("http://127.0.0.1:{o}/ok"));
+    denied(get(&manifest, format!("http://localhost:{g}/ok")), &format!("http://localhost:{g}/ok"));
+    denied(get(&manifest, format!("https://127.0.0.1:{g}/ok")), &format!("https://127.0.0.1:{g}/ok"));
+    denied(get(&manifest, format!("http://127.0.0.1:{g}/to?http://127.0.0.1:{o}/ok")), &format!("127.0.0.1:{o}"));
+    denied(get(&manifest, format!("http://127.0.0.1:{g}/to?http://localhost:{g}/ok")), &format!("localhost:{g}"));
+    assert_eq!(other.hits(), 0, "a refused request reached a server");
+    assert_eq!(granted.hits(), before + 2, "only the two redirecting requests went out");
+
+    // No grant: nothing. A grant but no declaration: nothing either.
+    denied(get(&bare, format!("http://127.0.0.1:{g}/ok")), "127.0.0.1");
+    std::fs::remove_file(dir.path().join("http_get.toml")).unwrap();
+    denied(get(&manifest, format!("http://127.0.0.1:{g}/ok")), "127.0.0.1");
+    assert_eq!(granted.hits(), before + 2);
+}

@@ -309,6 +309,9 @@ impl Manifest {
         {
             bail!("key `provider.script`: the scripted provider needs a script file");
         }
+        for grant in &self.plugins.grant {
+            grant.validate().map_err(|e| anyhow::anyhow!("key `plugins.grant`: {e}"))?;
+        }
         Ok(())
     }
 

@@ -13,10 +13,12 @@ use std::time::{Duration, Instant};
 use wasmtime::component::ResourceTable;
 use wasmtime::{ResourceLimiter, Store, UpdateDeadline};
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use super::bindings::{Plugin, PluginPre};
 use super::capabilities::Grants;
 use super::host::pods::PodControl;
+use super::network::HttpPolicy;
 use super::output::Capture;
 use super::result::{ToolError, ToolErrorKind};
 use crate::pod_state::PodState;
@@ -99,6 +101,8 @@ impl PodContext {
 /// The data of a call's [`Store`].
 pub struct CallState {
     wasi: WasiCtx,
+    http: WasiHttpCtx,
+    http_policy: HttpPolicy,
     table: ResourceTable,
     limiter: MemoryCap,
     /// The plugin's name (namespace in the state store, tag in the log).
@@ -110,6 +114,12 @@ pub struct CallState {
 impl WasiView for CallState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
         WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
+}
+
+impl WasiHttpView for CallState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView { ctx: &mut self.http, table: &mut self.table, hooks: &mut self.http_policy }
     }
 }
 
@@ -174,8 +184,15 @@ pub async fn with_fresh_instance<R>(
     let stderr = Capture::default();
     let wasi = wasi_context(pod, &label.name, &stdout, &stderr);
     let limits = pod.limits;
+    let http_policy = HttpPolicy {
+        plugin: label.name.clone(),
+        pod: pod.name.clone(),
+        access: pod.grants.get(&*label.name).map(|g| g.http.clone()).unwrap_or_default(),
+    };
     let state = CallState {
         wasi,
+        http: WasiHttpCtx::new(),
+        http_policy,
         table: ResourceTable::new(),
         limiter: MemoryCap { max_bytes: usize::try_from(limits.memory_bytes).unwrap_or(usize::MAX), hit: false },
         plugin: label.name.clone(),

@@ -19,6 +19,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use super::WIT_VERSION;
+use super::network::{HttpAccess, parse_patterns};
 
 /// A plugin's capability file.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -33,6 +34,10 @@ pub struct Declared {
     /// Whether it runs child pods (`yoi:plugin/pods`).
     #[serde(default)]
     pub pods: bool,
+    /// Origins it sends HTTP requests to (`https://api.example.com`,
+    /// `http://127.0.0.1:*`, `https://*.example.com`).
+    #[serde(default)]
+    pub http: Vec<String>,
 }
 
 impl Declared {
@@ -44,6 +49,7 @@ impl Declared {
                 return Err(format!("{origin}: env: {var:?} is not a variable name"));
             }
         }
+        parse_patterns(&declared.http).map_err(|e| format!("{origin}: http: {e}"))?;
         Ok(declared)
     }
 }
@@ -65,6 +71,16 @@ pub struct Grant {
     /// Whether it may run child pods.
     #[serde(default)]
     pub pods: bool,
+    /// Origins it may send HTTP requests to (patterns as in [`Declared::http`]).
+    #[serde(default)]
+    pub http: Vec<String>,
+}
+
+impl Grant {
+    /// Checks what serde cannot: the HTTP patterns.
+    pub fn validate(&self) -> Result<(), String> {
+        parse_patterns(&self.http).map(|_| ()).map_err(|e| format!("plugin `{}`: http: {e}", self.plugin))
+    }
 }
 
 /// What one plugin has in one pod: declared ∩ granted.
@@ -77,6 +93,8 @@ pub struct Granted {
     pub data_dir: Option<PathBuf>,
     /// Whether `yoi:plugin/pods` works for it.
     pub pods: bool,
+    /// The origins its `wasi:http` requests may go to.
+    pub http: HttpAccess,
 }
 
 /// Everything a pod's plugins have, by plugin name.
@@ -95,8 +113,11 @@ fn compatible(ours: (u64, u64, u64), theirs: (u64, u64, u64)) -> bool {
     ours.0 == theirs.0 && (ours.0 != 0 || ours.1 == theirs.1)
 }
 
-/// Interface packages every plugin may import.
-const OFFERED: &[&str] = &["wasi:cli", "wasi:clocks", "wasi:filesystem", "wasi:io", "wasi:random", "wasi:sockets"];
+/// Interface packages every plugin may import. `wasi:http` and
+/// `wasi:sockets` link for every plugin (toolchains import them by default),
+/// but a request or connection succeeds only where the plugin's grants say so.
+const OFFERED: &[&str] =
+    &["wasi:cli", "wasi:clocks", "wasi:filesystem", "wasi:http", "wasi:io", "wasi:random", "wasi:sockets"];
 
 /// Checks a component's exports and imports (their names, such as
 /// `yoi:plugin/tool@0.1.0`) against the host and what the plugin declared.
@@ -165,6 +186,7 @@ pub fn effective(
                 env: declared.env.clone(),
                 data_dir: declared.data_dir,
                 pods: declared.pods,
+                http: declared.http.clone(),
             };
             &full
         }
@@ -183,7 +205,8 @@ pub fn effective(
     } else {
         None
     };
-    Ok(Granted { env, data_dir, pods: declared.pods && grant.pods })
+    let http = HttpAccess::new(parse_patterns(&declared.http)?, parse_patterns(&grant.http)?);
+    Ok(Granted { env, data_dir, pods: declared.pods && grant.pods, http })
 }
 
 #[cfg(test)]
@@ -199,7 +222,8 @@ mod tests {
         assert!(err.contains("yoi:plugin@0.2.0") && err.contains(&format!("yoi:plugin@{WIT_VERSION}")), "{err}");
         let err = ok("yoi:plugin/tool@0.1.0", &["yoi:plugin/pods@0.1.0"], &Declared::default()).unwrap_err();
         assert!(err.contains("pods = true"), "{err}");
-        let err = ok("yoi:plugin/tool@0.1.0", &["wasi:http/outgoing-handler@0.2.6"], &pods).unwrap_err();
+        assert!(ok("yoi:plugin/tool@0.1.0", &["wasi:http/outgoing-handler@0.2.6"], &pods).is_ok());
+        let err = ok("yoi:plugin/tool@0.1.0", &["wasi:keyvalue/store@0.2.0"], &pods).unwrap_err();
         assert!(err.contains("does not offer"), "{err}");
         assert!(check_component(["other:x/y@1.0.0"], [], &pods).unwrap_err().contains("does not export"));
     }
@@ -207,14 +231,27 @@ mod tests {
     #[test]
     fn a_plugin_gets_what_it_declared_and_was_granted() {
         let tmp = tempfile::tempdir().unwrap();
-        let declared = Declared { env: vec!["A".into(), "B".into()], data_dir: true, pods: false };
-        let grant =
-            Grant { plugin: "p".into(), env: vec!["B".into(), "C".into()], data_dir: true, pods: true, sha256: None };
+        let declared = Declared {
+            env: vec!["A".into(), "B".into()],
+            data_dir: true,
+            pods: false,
+            http: vec!["http://127.0.0.1:*".into()],
+        };
+        let grant = Grant {
+            plugin: "p".into(),
+            env: vec!["B".into(), "C".into()],
+            data_dir: true,
+            pods: true,
+            sha256: None,
+            http: vec!["http://127.0.0.1:8080".into()],
+        };
         let env = |v: &str| Some(format!("value of {v}"));
         let got = effective("p", &declared, Some(&grant), false, "pod", tmp.path(), &env).unwrap();
         assert_eq!(got.env, [("B".to_string(), "value of B".to_string())]);
         assert!(got.data_dir.unwrap().ends_with("pod/p"));
         assert!(!got.pods);
+        assert!(got.http.check(&"http://127.0.0.1:8080/".parse().unwrap()).is_ok());
+        assert!(got.http.check(&"http://127.0.0.1:8081/".parse().unwrap()).is_err());
         let none = effective("p", &declared, None, false, "pod", tmp.path(), &env).unwrap();
         assert_eq!(none, Granted::default());
     }

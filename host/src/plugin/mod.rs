@@ -20,6 +20,7 @@ mod call;
 pub mod capabilities;
 pub mod engine;
 mod host;
+mod network;
 mod output;
 mod result;
 
@@ -40,6 +41,7 @@ pub use capabilities::{Declared, Grant, Granted, Grants};
 pub use engine::Allocator;
 use engine::EpochTicker;
 pub use host::pods::{ChildOutput, ChildState, ChildSummary, PodControl, Refusal, SpawnRequest};
+pub use network::{HttpAccess, OriginPattern};
 pub use result::{ToolError, ToolErrorKind, ToolOutput, truncate};
 
 /// The version of the `yoi:plugin` WIT package this host speaks.
@@ -211,6 +213,7 @@ impl PluginHost {
         let engine = engine::build_engine(options.allocator)?;
         let mut linker = Linker::<CallState>::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker).map_err(|e| anyhow::anyhow!("{e:?}"))?;
         Plugin::add_to_linker::<CallState, HasSelf<CallState>>(&mut linker, |s| s)
             .map_err(|e| anyhow::anyhow!("{e:?}"))?;
         Ok(PluginHost {
