@@ -30,3 +30,4 @@ pub mod provider;
 pub mod scope;
 pub mod scope_lock;
 pub mod session;
+pub mod starter;

@@ -90,6 +90,17 @@ enum PluginsCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Write a starter plugin (one tool, its schema, a build script and a
+    /// README) that builds with its language's toolchain and loads unchanged.
+    New {
+        /// The starter's language.
+        #[arg(long, value_enum)]
+        lang: crate::starter::Language,
+        /// The plugin's name, such as `word-count` (its tool is `WordCount`).
+        name: String,
+        /// Where to write it (default: ./NAME); must not exist or be empty.
+        dir: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -115,6 +126,17 @@ pub(crate) struct PluginDirs {
     /// builtin ones. May be given more than once.
     #[arg(long = "plugins", value_name = "DIR")]
     dirs: Vec<PathBuf>,
+}
+
+fn plugins_new(lang: crate::starter::Language, name: &str, dir: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+    let dir = dir.unwrap_or_else(|| PathBuf::from(name));
+    let files = crate::starter::create(lang, name, &dir)?;
+    let mut out = std::io::stdout().lock();
+    for file in &files {
+        writeln!(out, "wrote {}", file.display())?;
+    }
+    writeln!(out, "next: cd {} && ./build.sh, then see README.md", dir.display())?;
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Parses the command line, runs it and returns the exit code.
@@ -155,6 +177,7 @@ fn is_broken_pipe(e: &anyhow::Error) -> bool {
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Plugins(PluginsCommand::List { plugins, json }) => plugins_list(&plugins, json).await,
+        Command::Plugins(PluginsCommand::New { lang, name, dir }) => plugins_new(lang, &name, dir),
         Command::Tool(ToolCommand::Call { plugins, manifest, tool, input }) => {
             tool_call(&plugins, &manifest, &tool, &input).await
         }
