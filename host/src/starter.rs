@@ -92,8 +92,12 @@ impl Language {
     fn build(self) -> String {
         match self {
             Language::Rust => "```sh\nrustup target add wasm32-wasip2   # once\n./build.sh\n```".to_string(),
-            Language::Python => format!("```sh\npip install componentize-py=={COMPONENTIZE_PY}   # once\n./build.sh\n```"),
-            Language::Js => "```sh\nnpm install   # once: brings componentize-js\n./build.sh    # or: npm run build\n```".into(),
+            Language::Python => {
+                format!("```sh\npip install componentize-py=={COMPONENTIZE_PY}   # once\n./build.sh\n```")
+            }
+            Language::Js => {
+                "```sh\nnpm install   # once: brings componentize-js\n./build.sh    # or: npm run build\n```".into()
+            }
         }
     }
 }
@@ -173,7 +177,10 @@ mod tests {
     #[test]
     fn names_follow_each_convention() {
         let n = Names::from("word-count2").unwrap();
-        assert_eq!((n.package.as_str(), n.file.as_str(), n.tool.as_str()), ("word-count2", "word_count2", "WordCount2"));
+        assert_eq!(
+            (n.package.as_str(), n.file.as_str(), n.tool.as_str()),
+            ("word-count2", "word_count2", "WordCount2")
+        );
         for bad in ["", "Word", "2words", "a--b", "a b", "a/b", "ünï", "x-"] {
             assert!(Names::from(bad).is_err(), "{bad:?}");
         }
