@@ -5,75 +5,13 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::OnceLock;
 
-use common::{Sandbox, guest, pod, rule, shared_cache};
+use common::builds::{build_starter, examples};
+use common::{Sandbox, pod, rule, shared_cache};
 use serde_json::{Value, json};
 use yoi_host::plugin::{Allocator, CallLimits, HostOptions, PluginHost, ToolErrorKind};
 use yoi_host::scope::Permission;
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
-}
-
-/// PATH with the guest toolchains in front, installed once per test binary.
-fn toolchain_path() -> &'static str {
-    static PATH: OnceLock<String> = OnceLock::new();
-    PATH.get_or_init(|| {
-        let out = Command::new(repo().join("scripts/guest-toolchains")).output().unwrap();
-        assert!(out.status.success(), "installing the toolchains failed: {}", String::from_utf8_lossy(&out.stderr));
-        let dirs: Vec<&str> = std::str::from_utf8(&out.stdout).unwrap().lines().collect();
-        format!("{}:{}", dirs.join(":"), std::env::var("PATH").unwrap_or_default())
-    })
-}
-
-/// Runs a build script with the toolchains on PATH, the repository's Rust
-/// toolchain, and none of the outer cargo's settings.
-fn run_build(script: &Path, args: &[&Path]) {
-    let channel = std::fs::read_to_string(repo().join("rust-toolchain.toml"))
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix("channel = ").map(|v| v.trim_matches('"').to_string()))
-        .unwrap();
-    let mut cmd = Command::new(script);
-    cmd.args(args).env("PATH", toolchain_path()).env("RUSTUP_TOOLCHAIN", channel);
-    for (key, _) in std::env::vars_os() {
-        let key = key.to_string_lossy().into_owned();
-        if (key.starts_with("CARGO_") && key != "CARGO_HOME") || key == "RUSTFLAGS" {
-            cmd.env_remove(key);
-        }
-    }
-    // One target directory for every run, so the Rust starter's
-    // dependencies build once.
-    cmd.env("CARGO_TARGET_DIR", Path::new(env!("CARGO_TARGET_TMPDIR")).join("starter-build"));
-    let out = cmd.output().unwrap();
-    assert!(
-        out.status.success(),
-        "{} failed:\n{}\n{}",
-        script.display(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// The three example plugins, built into one directory.
-fn examples() -> &'static Path {
-    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let dir = tempfile::tempdir().unwrap();
-        let examples = repo().join("plugins/examples");
-        run_build(&examples.join("csv-stats/build.sh"), &[dir.path()]);
-        run_build(&examples.join("json-query/build.sh"), &[dir.path()]);
-        // The Rust example is a member of the plugins workspace, which the
-        // host's build has built already.
-        std::fs::copy(guest("http_get"), dir.path().join("http_get.wasm")).unwrap();
-        std::fs::copy(examples.join("http-get/capabilities.toml"), dir.path().join("http_get.toml")).unwrap();
-        dir
-    })
-    .path()
-}
 
 fn content(output: &yoi_host::plugin::ToolOutput) -> &str {
     output.content.as_deref().unwrap_or("")
@@ -156,11 +94,7 @@ fn starters_build_and_run_unchanged() {
             let _ = std::os::unix::fs::symlink(shared_cache(), home.join("cache"));
             Command::new(env!("CARGO_BIN_EXE_yoi-host")).args(args).current_dir(&dir).env("YOI_HOME", &home).output()
         };
-        std::fs::create_dir_all(&dir).unwrap();
-        let out = yoi(&["plugins", "new", "--lang", lang, name, dir.to_str().unwrap()]).unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        assert!(dir.join("README.md").exists());
-        run_build(&dir.join("build.sh"), &[]);
+        build_starter(env!("CARGO_BIN_EXE_yoi-host").as_ref(), lang, name, &dir);
 
         let out = yoi(&[
             "tool",

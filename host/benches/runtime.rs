@@ -5,6 +5,12 @@
 //!   through `PluginHost::call` with each allocator.
 //!
 //! Run: `cargo bench -p yoi-host --bench runtime`
+//!
+//! `cargo bench -p yoi-host --bench runtime -- languages` instead compares
+//! plugins written in Rust, Python and JavaScript (the examples, and the
+//! starters of `plugins new`, which do identical work): size, cold compile,
+//! cache load and per-call time, with Rust as the baseline. It installs the
+//! guest toolchains and builds the components first.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -17,6 +23,9 @@ use yoi_host::plugin::cache::{CacheOutcome, ComponentCache};
 use yoi_host::plugin::engine::build_engine;
 use yoi_host::plugin::{Allocator, CallLimits, HostOptions, PluginHost, PluginSource, PodContext};
 use yoi_host::scope::{Permission, RuleSpec, Scope};
+
+#[path = "../../tests/common/builds.rs"]
+mod builds;
 
 fn guest(name: &str) -> PathBuf {
     Path::new(env!("YOI_GUEST_DIR")).join(format!("{name}.wasm"))
@@ -98,25 +107,114 @@ async fn trivial_call(allocator: Allocator, rounds: usize) -> (Duration, Duratio
     let mut host = PluginHost::new(&options).unwrap();
     host.load(PluginSource::from_file(&guest("probe")).unwrap()).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let rule = RuleSpec { target: dir.path().to_path_buf(), permission: Permission::Write, recursive: true };
+    let (p50, p99, ok) = call_times(&host, dir.path(), "Noop", "{}", rounds).await;
+    assert!(ok);
+    (p50, p99)
+}
+
+/// p50/p99 of calls of `tool` with `input` for a pod that may write `dir`
+/// (after a warm-up), and whether they succeeded (every call must end alike).
+async fn call_times(
+    host: &PluginHost,
+    dir: &Path,
+    tool: &str,
+    input: &str,
+    rounds: usize,
+) -> (Duration, Duration, bool) {
+    let rule = RuleSpec { target: dir.to_path_buf(), permission: Permission::Write, recursive: true };
     let scope = Scope::resolve(&[rule], &[], Path::new("/")).unwrap();
-    let pod = Arc::new(PodContext::new("bench", dir.path().to_path_buf(), scope, CallLimits::default()));
-    for _ in 0..200 {
-        host.call(&pod, "Noop", "{}").await.unwrap();
+    let pod = Arc::new(PodContext::new("bench", dir.to_path_buf(), scope, CallLimits::default()));
+    let ok = host.call(&pod, tool, input).await.is_ok();
+    for _ in 0..rounds.div_ceil(20) {
+        assert_eq!(host.call(&pod, tool, input).await.is_ok(), ok);
     }
     let mut samples = Vec::with_capacity(rounds);
     for _ in 0..rounds {
         let t = Instant::now();
-        host.call(&pod, "Noop", "{}").await.unwrap();
+        let result = host.call(&pod, tool, input).await;
         samples.push(t.elapsed());
+        assert_eq!(result.is_ok(), ok);
     }
-    (percentile(&mut samples, 0.5), percentile(&mut samples, 0.99))
+    (percentile(&mut samples, 0.5), percentile(&mut samples, 0.99), ok)
+}
+
+/// The `languages` mode: Rust, Python and JavaScript plugins side by side.
+async fn languages() {
+    let work = tempfile::tempdir().unwrap();
+    let examples = builds::examples();
+    let yoi_host = Path::new(env!("CARGO_BIN_EXE_yoi-host"));
+    let mut starters = Vec::new();
+    for (lang, name) in [("rust", "count-rs"), ("python", "count-py"), ("js", "count-js")] {
+        let dir = work.path().join(name);
+        builds::build_starter(yoi_host, lang, name, &dir);
+        starters.push(dir.join("dist").join(format!("{}.wasm", name.replace('-', "_"))));
+    }
+    let csv: String = std::iter::once("id,name,score\n".to_string())
+        .chain((0..100).map(|i| format!("{i},name{},{}.5\n", i % 7, i * 3 % 101)))
+        .collect();
+    std::fs::write(work.path().join("data.csv"), csv).unwrap();
+    let doc = serde_json::json!({"items": (0..100).map(|i| serde_json::json!({"id": i, "tags": ["a", "b"]})).collect::<Vec<_>>()});
+    let text = "the quick brown fox\njumps over the lazy dog\n".repeat(20);
+    let rows: [(&str, PathBuf, &str, String); 6] = [
+        (
+            "Rust example HttpGet (refused URL: no network)",
+            examples.join("http_get.wasm"),
+            "HttpGet",
+            serde_json::json!({"url": "http://127.0.0.1:9/"}).to_string(),
+        ),
+        (
+            "Python example CsvStats (100 rows)",
+            examples.join("csv_stats.wasm"),
+            "CsvStats",
+            serde_json::json!({"path": "data.csv"}).to_string(),
+        ),
+        (
+            "JS example JsonQuery (100 items)",
+            examples.join("json_query.wasm"),
+            "JsonQuery",
+            serde_json::json!({"json": doc.to_string(), "path": "items[*].id"}).to_string(),
+        ),
+        ("Rust starter (count words)", starters[0].clone(), "CountRs", serde_json::json!({"text": text}).to_string()),
+        ("Python starter (same work)", starters[1].clone(), "CountPy", serde_json::json!({"text": text}).to_string()),
+        ("JS starter (same work)", starters[2].clone(), "CountJs", serde_json::json!({"text": text}).to_string()),
+    ];
+    println!("## Plugins by language (compile: best of 3; cache load: best of 15; calls: 300 after warm-up)\n");
+    println!("| component | size | cold compile | cache load | call p50 | call p99 | p50 vs Rust starter |");
+    println!("|---|---|---|---|---|---|---|");
+    let cache = tempfile::tempdir().unwrap();
+    let options = HostOptions { cache_dir: cache.path().to_path_buf(), allocator: Allocator::Pooling };
+    let mut host = PluginHost::new(&options).unwrap();
+    let mut baseline = None;
+    for (label, path, tool, input) in &rows {
+        let bytes = std::fs::read(path).unwrap();
+        let (cold, warm) = compile_vs_cache(label, &bytes);
+        host.load(PluginSource::from_file(path).unwrap()).await.unwrap();
+        let (p50, p99, ok) = call_times(&host, work.path(), tool, input, 300).await;
+        // The HttpGet row times a request the host refuses (no grant).
+        assert_eq!(ok, *tool != "HttpGet", "{label}");
+        if label.starts_with("Rust starter") {
+            baseline = Some(p50);
+        }
+        let ratio = baseline.map(|b| format!("{:.1}x", p50.as_secs_f64() / b.as_secs_f64())).unwrap_or("-".into());
+        println!(
+            "| {label} | {:.1} MiB | {} | {} | {} | {} | {ratio} |",
+            bytes.len() as f64 / (1 << 20) as f64,
+            ms(cold),
+            ms(warm),
+            us(p50),
+            us(p99)
+        );
+    }
 }
 
 fn main() {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     // `runtime calls N`: only N trivial calls, for profiling.
     let args: Vec<String> = std::env::args().collect();
+    if args.iter().any(|a| a == "languages") {
+        rt.block_on(languages());
+        return;
+    }
     if let Some(pos) = args.iter().position(|a| a == "calls") {
         let n = args.get(pos + 1).and_then(|n| n.parse().ok()).unwrap_or(100_000);
         let (p50, p99) = rt.block_on(trivial_call(Allocator::Pooling, n));

@@ -2,6 +2,7 @@
 //! directories holding chosen test components, and hosts that load them.
 #![allow(dead_code)]
 
+pub mod builds;
 pub mod mock_http;
 
 use std::path::{Path, PathBuf};
