@@ -44,6 +44,7 @@ const fn script(path: &'static str, text: &'static str) -> Template {
 const COMMON: &[Template] = &[
     file("README.md", include_str!("../templates/common/README.md")),
     file("pod.toml", include_str!("../templates/common/pod.toml")),
+    file(".gitignore", include_str!("../templates/common/gitignore")),
     file("wit/plugin.wit", include_str!("../../wit/plugin.wit")),
 ];
 
