@@ -243,3 +243,44 @@ fn http_requests_reach_only_granted_origins() {
     denied(get(&manifest, format!("http://127.0.0.1:{g}/ok")), "127.0.0.1");
     assert_eq!(granted.hits(), before + 2);
 }
+
+/// Raw sockets are refused unless declared and granted; then a connection
+/// reaches exactly the granted addresses.
+#[test]
+fn sockets_reach_only_granted_addresses() {
+    let sb = Sandbox::new();
+    sb.dir("proj");
+    let open = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let other = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let (open, other) = (open.local_addr().unwrap(), other.local_addr().unwrap());
+    let dir = plugin_dir(&["probe"]);
+    std::fs::write(dir.path().join("probe.toml"), "sockets = [\"127.0.0.1:*\"]\n").unwrap();
+    let plugins = dir.path().to_str().unwrap();
+    let manifest = |grant: &str| {
+        sb.file(
+            "pod.toml",
+            &format!(
+                "[pod]\nname = \"net\"\n[[scope.allow]]\ntarget = \"proj\"\npermission = \"read\"\n\
+                 [[plugins.grant]]\nplugin = \"probe\"\nsockets = [{grant}]\n"
+            ),
+        )
+    };
+    let connect = |manifest: &std::path::Path, addr: std::net::SocketAddr| {
+        let input = json!({ "connect": addr.to_string() }).to_string();
+        let m = manifest.to_str().unwrap();
+        ok_content(&yoi(&sb, &["tool", "call", "--plugins", plugins, "--manifest", m, "Env", &input], &[]))["connect"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let granted = manifest(&format!("\"{open}\""));
+    assert_eq!(connect(&granted, open), "connected");
+    assert!(connect(&granted, other).starts_with("refused"));
+    let none = manifest("");
+    assert!(connect(&none, open).starts_with("refused"));
+    // A bad pattern in the grant is a manifest error naming the key.
+    let bad = manifest("\"localhost:80\"");
+    let out = yoi(&sb, &["tool", "call", "--plugins", plugins, "--manifest", bad.to_str().unwrap(), "Noop", "{}"], &[]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("plugins.grant"), "{}", String::from_utf8_lossy(&out.stderr));
+}

@@ -241,6 +241,13 @@ fn wasi_context(pod: &PodContext, plugin: &str, stdout: &Capture, stderr: &Captu
         }
     }
     if let Some(granted) = pod.grants.get(plugin) {
+        if !granted.sockets.is_none() {
+            let access = Arc::new(granted.sockets.clone());
+            builder.allow_tcp(true).allow_udp(true).socket_addr_check(move |addr, usage| {
+                let allowed = access.allows(addr, usage);
+                Box::pin(async move { allowed })
+            });
+        }
         for (var, value) in &granted.env {
             builder.env(var, value);
         }

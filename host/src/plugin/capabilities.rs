@@ -19,7 +19,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use super::WIT_VERSION;
-use super::network::{HttpAccess, parse_patterns};
+use super::network::{HttpAccess, SocketAccess, parse_addr_patterns, parse_patterns};
 
 /// A plugin's capability file.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -38,6 +38,9 @@ pub struct Declared {
     /// `http://127.0.0.1:*`, `https://*.example.com`).
     #[serde(default)]
     pub http: Vec<String>,
+    /// Socket addresses it connects to (`127.0.0.1:5432`, `10.0.0.7:*`).
+    #[serde(default)]
+    pub sockets: Vec<String>,
 }
 
 impl Declared {
@@ -50,6 +53,7 @@ impl Declared {
             }
         }
         parse_patterns(&declared.http).map_err(|e| format!("{origin}: http: {e}"))?;
+        parse_addr_patterns(&declared.sockets).map_err(|e| format!("{origin}: sockets: {e}"))?;
         Ok(declared)
     }
 }
@@ -74,12 +78,17 @@ pub struct Grant {
     /// Origins it may send HTTP requests to (patterns as in [`Declared::http`]).
     #[serde(default)]
     pub http: Vec<String>,
+    /// Socket addresses it may connect to (patterns as in [`Declared::sockets`]).
+    #[serde(default)]
+    pub sockets: Vec<String>,
 }
 
 impl Grant {
     /// Checks what serde cannot: the HTTP patterns.
     pub fn validate(&self) -> Result<(), String> {
-        parse_patterns(&self.http).map(|_| ()).map_err(|e| format!("plugin `{}`: http: {e}", self.plugin))
+        parse_patterns(&self.http).map_err(|e| format!("plugin `{}`: http: {e}", self.plugin))?;
+        parse_addr_patterns(&self.sockets).map_err(|e| format!("plugin `{}`: sockets: {e}", self.plugin))?;
+        Ok(())
     }
 }
 
@@ -95,6 +104,8 @@ pub struct Granted {
     pub pods: bool,
     /// The origins its `wasi:http` requests may go to.
     pub http: HttpAccess,
+    /// The addresses its `wasi:sockets` connections may go to.
+    pub sockets: SocketAccess,
 }
 
 /// Everything a pod's plugins have, by plugin name.
@@ -187,6 +198,7 @@ pub fn effective(
                 data_dir: declared.data_dir,
                 pods: declared.pods,
                 http: declared.http.clone(),
+                sockets: declared.sockets.clone(),
             };
             &full
         }
@@ -206,7 +218,8 @@ pub fn effective(
         None
     };
     let http = HttpAccess::new(parse_patterns(&declared.http)?, parse_patterns(&grant.http)?);
-    Ok(Granted { env, data_dir, pods: declared.pods && grant.pods, http })
+    let sockets = SocketAccess::new(parse_addr_patterns(&declared.sockets)?, parse_addr_patterns(&grant.sockets)?);
+    Ok(Granted { env, data_dir, pods: declared.pods && grant.pods, http, sockets })
 }
 
 #[cfg(test)]
@@ -236,6 +249,7 @@ mod tests {
             data_dir: true,
             pods: false,
             http: vec!["http://127.0.0.1:*".into()],
+            sockets: vec![],
         };
         let grant = Grant {
             plugin: "p".into(),
@@ -244,6 +258,7 @@ mod tests {
             pods: true,
             sha256: None,
             http: vec!["http://127.0.0.1:8080".into()],
+            sockets: vec!["127.0.0.1:5432".into()],
         };
         let env = |v: &str| Some(format!("value of {v}"));
         let got = effective("p", &declared, Some(&grant), false, "pod", tmp.path(), &env).unwrap();
@@ -252,6 +267,7 @@ mod tests {
         assert!(!got.pods);
         assert!(got.http.check(&"http://127.0.0.1:8080/".parse().unwrap()).is_ok());
         assert!(got.http.check(&"http://127.0.0.1:8081/".parse().unwrap()).is_err());
+        assert!(got.sockets.is_none(), "granted but not declared");
         let none = effective("p", &declared, None, false, "pod", tmp.path(), &env).unwrap();
         assert_eq!(none, Granted::default());
     }

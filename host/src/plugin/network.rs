@@ -10,6 +10,12 @@
 //!
 //! The host never follows redirects for a plugin: a plugin that follows one
 //! sends a new request, which is checked like any other.
+//!
+//! Raw sockets (`wasi:sockets`) are refused unless the plugin declares and the
+//! pod grants socket addresses: `IP:port` or `IP:*` (`[v6]:port`). Then TCP
+//! connections and UDP datagrams to a matching address go through; binding
+//! is allowed only to an ephemeral port, listening never, and name lookup
+//! stays off (a plugin that needs names uses `wasi:http`).
 
 use std::sync::Arc;
 
@@ -200,6 +206,69 @@ impl HttpAccess {
     }
 }
 
+/// One socket address pattern: an IP address and a port or any port.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AddrPattern {
+    ip: std::net::IpAddr,
+    port: Option<u16>,
+}
+
+impl AddrPattern {
+    /// Parses `IP:port`, `IP:*`, `[v6]:port` or `[v6]:*`.
+    pub fn parse(text: &str) -> Result<AddrPattern, String> {
+        let bad = || format!("{text:?} is not a socket address pattern; write IP:port, IP:* or [IPv6]:port");
+        let (ip, port) = text.rsplit_once(':').ok_or_else(bad)?;
+        let ip = ip.strip_prefix('[').and_then(|v6| v6.strip_suffix(']')).unwrap_or(ip);
+        let ip: std::net::IpAddr = ip.parse().map_err(|_| bad())?;
+        let port = match port {
+            "*" => None,
+            p => Some(p.parse::<u16>().ok().filter(|&p| p != 0).ok_or_else(bad)?),
+        };
+        Ok(AddrPattern { ip, port })
+    }
+
+    fn matches(&self, addr: std::net::SocketAddr) -> bool {
+        self.ip == addr.ip() && self.port.is_none_or(|p| p == addr.port())
+    }
+}
+
+/// Parses a list of socket address patterns, naming the first bad one.
+pub fn parse_addr_patterns(patterns: &[String]) -> Result<Vec<AddrPattern>, String> {
+    patterns.iter().map(|p| AddrPattern::parse(p)).collect()
+}
+
+/// The socket addresses one plugin may reach in one pod: declared ∩ granted.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SocketAccess {
+    declared: Vec<AddrPattern>,
+    granted: Vec<AddrPattern>,
+}
+
+impl SocketAccess {
+    /// Access to what matches a pattern of both lists.
+    pub fn new(declared: Vec<AddrPattern>, granted: Vec<AddrPattern>) -> SocketAccess {
+        SocketAccess { declared, granted }
+    }
+
+    /// Whether no address at all may be reached.
+    pub fn is_none(&self) -> bool {
+        self.declared.is_empty() || self.granted.is_empty()
+    }
+
+    /// Whether the socket operation `usage` on `addr` may go ahead.
+    pub fn allows(&self, addr: std::net::SocketAddr, usage: wasmtime_wasi::sockets::SocketAddrUse) -> bool {
+        use wasmtime_wasi::sockets::SocketAddrUse as Use;
+        match usage {
+            Use::TcpConnect | Use::UdpSend | Use::UdpReceive => {
+                self.declared.iter().any(|p| p.matches(addr)) && self.granted.iter().any(|p| p.matches(addr))
+            }
+            // The implicit bind before a connection or a datagram.
+            Use::TcpBind | Use::UdpBind => addr.ip().is_unspecified() && addr.port() == 0,
+            Use::TcpListen | Use::TcpAccept => false,
+        }
+    }
+}
+
 /// The `wasi:http` hooks of one call: every request is checked against the
 /// plugin's [`HttpAccess`] before a connection is made. A refused request
 /// fails inside the plugin with `http-request-denied`, and the host log says
@@ -297,6 +366,28 @@ mod tests {
         assert!(!allowed(&a, "http://[::2]:8000/"));
         assert!(allowed(&a, "https://anything.org/"));
         assert!(!allowed(&a, "https://anything.org:444/"));
+    }
+
+    #[test]
+    fn sockets_reach_only_declared_and_granted_addresses() {
+        use wasmtime_wasi::sockets::SocketAddrUse as Use;
+        let parse = |list: &[&str]| parse_addr_patterns(&list.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+        let access = SocketAccess::new(
+            parse(&["127.0.0.1:*", "[::1]:6379"]).unwrap(),
+            parse(&["127.0.0.1:5432", "[::1]:*"]).unwrap(),
+        );
+        let ok = |addr: &str, usage| access.allows(addr.parse().unwrap(), usage);
+        assert!(ok("127.0.0.1:5432", Use::TcpConnect));
+        assert!(!ok("127.0.0.1:5433", Use::TcpConnect));
+        assert!(ok("[::1]:6379", Use::UdpSend));
+        assert!(!ok("[::1]:6380", Use::UdpSend));
+        assert!(ok("0.0.0.0:0", Use::TcpBind));
+        assert!(!ok("0.0.0.0:8080", Use::TcpBind));
+        assert!(!ok("127.0.0.1:5432", Use::TcpListen));
+        assert!(SocketAccess::default().is_none());
+        assert!(parse(&["localhost:80"]).is_err());
+        assert!(parse(&["127.0.0.1"]).is_err());
+        assert!(parse(&["127.0.0.1:0"]).is_err());
     }
 
     #[test]
