@@ -237,6 +237,24 @@ fn http_requests_reach_only_granted_origins() {
     assert_eq!(other.hits(), 0, "a refused request reached a server");
     assert_eq!(granted.hits(), before + 2, "only the two redirecting requests went out");
 
+    // A granted server that never answers: the call ends at its deadline.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let s = silent.local_addr().unwrap().port();
+    let slow = sb.file(
+        "slow.toml",
+        &format!(
+            "[pod]\nname = \"slow\"\n[limits]\ntool_timeout_ms = 700\n\
+             [[scope.allow]]\ntarget = \"proj\"\npermission = \"read\"\n\
+             [[plugins.grant]]\nplugin = \"http_get\"\nhttp = [\"http://127.0.0.1:{s}\"]\n"
+        ),
+    );
+    let started = std::time::Instant::now();
+    let (code, doc) = get(&slow, format!("http://127.0.0.1:{s}/"));
+    assert_eq!(code, Some(1), "{doc}");
+    assert_eq!(doc["error"]["kind"], "timeout", "{doc}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(20), "the call outlived its deadline");
+    drop(silent);
+
     // No grant: nothing. A grant but no declaration: nothing either.
     denied(get(&bare, format!("http://127.0.0.1:{g}/ok")), "127.0.0.1");
     std::fs::remove_file(dir.path().join("http_get.toml")).unwrap();

@@ -211,11 +211,18 @@ pub async fn with_fresh_instance<R>(
         }
     });
 
-    let result = match pre.instantiate_async(&mut store).await {
-        Ok(instance) => body(&mut store, &instance).await,
+    let instance = match pre.instantiate_async(&mut store).await {
+        Ok(instance) => instance,
         Err(e) => {
             return Err(ToolError::new(ToolErrorKind::HostError, format!("{label}: cannot instantiate: {e:#}")));
         }
+    };
+    // The epoch callback stops a guest that computes past its deadline; this
+    // stops one that waits past it in a host call (a socket or HTTP response
+    // that never comes, a long sleep), by dropping the call.
+    let result = match tokio::time::timeout_at(deadline.into(), body(&mut store, &instance)).await {
+        Ok(result) => result,
+        Err(_) => Err(wasmtime::Error::new(DeadlineExceeded)),
     };
     log_output(label, &stdout, &stderr);
     result.map_err(|e| classify_fault(label, &e, &limits, store.data().limiter.hit, &stderr))
