@@ -22,6 +22,13 @@ fn yoi(sb: &Sandbox, args: &[&str], env: &[(&str, &str)]) -> Output {
     cmd.output().unwrap()
 }
 
+/// Writes `NAME.toml`: a pod named NAME that may read `proj/`, followed by
+/// `extra` (limits, grants).
+fn pod_manifest(sb: &Sandbox, name: &str, extra: &str) -> std::path::PathBuf {
+    let pod = format!("[pod]\nname = \"{name}\"\n[[scope.allow]]\ntarget = \"proj\"\npermission = \"read\"\n");
+    sb.file(&format!("{name}.toml"), &format!("{pod}{extra}"))
+}
+
 fn ok_content(out: &Output) -> Value {
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
     let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -37,13 +44,12 @@ fn declared_and_granted_env_and_data_dir() {
     let dir = plugin_dir(&["probe"]);
     std::fs::write(dir.path().join("probe.toml"), "env = [\"YOI_T_A\", \"YOI_T_B\"]\ndata_dir = true\n").unwrap();
     let plugins = dir.path().to_str().unwrap();
-    let granted = sb.file(
-        "granted.toml",
-        "[pod]\nname = \"caps\"\n[[scope.allow]]\ntarget = \"proj\"\npermission = \"read\"\n\
-         [[plugins.grant]]\nplugin = \"probe\"\nenv = [\"YOI_T_B\", \"YOI_T_C\"]\ndata_dir = true\n",
+    let granted = pod_manifest(
+        &sb,
+        "caps",
+        "[[plugins.grant]]\nplugin = \"probe\"\nenv = [\"YOI_T_B\", \"YOI_T_C\"]\ndata_dir = true\n",
     );
-    let bare =
-        sb.file("bare.toml", "[pod]\nname = \"bare\"\n[[scope.allow]]\ntarget = \"proj\"\npermission = \"read\"\n");
+    let bare = pod_manifest(&sb, "bare", "");
     let env = [("YOI_T_A", "a"), ("YOI_T_B", "b"), ("YOI_T_C", "c")];
 
     let call = |manifest: &std::path::Path, tool: &str, input: Value| {
@@ -76,15 +82,8 @@ fn a_pinned_digest_refuses_another_component() {
     use sha2::Digest;
     let real = hex::encode(sha2::Sha256::digest(std::fs::read(guest("probe")).unwrap()));
     let pinned = "ab".repeat(32);
-    let manifest = |pin: &str| {
-        sb.file(
-            "pod.toml",
-            &format!(
-                "[pod]\nname = \"pin\"\n[[scope.allow]]\ntarget = \"proj\"\npermission = \"read\"\n\
-                 [[plugins.grant]]\nplugin = \"probe\"\nsha256 = \"{pin}\"\n"
-            ),
-        )
-    };
+    let manifest =
+        |pin: &str| pod_manifest(&sb, "pin", &format!("[[plugins.grant]]\nplugin = \"probe\"\nsha256 = \"{pin}\"\n"));
     let m = manifest(&pinned);
     let out = yoi(&sb, &["tool", "call", "--plugins", plugins, "--manifest", m.to_str().unwrap(), "Noop", "{}"], &[]);
     assert_eq!(out.status.code(), Some(2));
@@ -189,16 +188,9 @@ fn http_requests_reach_only_granted_origins() {
     let caps = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugins/examples/http-get/capabilities.toml");
     std::fs::copy(caps, dir.path().join("http_get.toml")).unwrap();
     let plugins = dir.path().to_str().unwrap();
-    let manifest = sb.file(
-        "pod.toml",
-        &format!(
-            "[pod]\nname = \"web\"\n[[scope.allow]]\ntarget = \"proj\"\npermission = \"read\"\n\
-             [[plugins.grant]]\nplugin = \"http_get\"\nhttp = [\"http://127.0.0.1:{}\"]\n",
-            granted.port
-        ),
-    );
-    let bare =
-        sb.file("bare.toml", "[pod]\nname = \"bare\"\n[[scope.allow]]\ntarget = \"proj\"\npermission = \"read\"\n");
+    let grant = |port: u16| format!("[[plugins.grant]]\nplugin = \"http_get\"\nhttp = [\"http://127.0.0.1:{port}\"]\n");
+    let manifest = pod_manifest(&sb, "web", &grant(granted.port));
+    let bare = pod_manifest(&sb, "bare", "");
     let get = |manifest: &std::path::Path, url: String| {
         let input = json!({ "url": url }).to_string();
         let out = yoi(
@@ -240,14 +232,7 @@ fn http_requests_reach_only_granted_origins() {
     // A granted server that never answers: the call ends at its deadline.
     let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let s = silent.local_addr().unwrap().port();
-    let slow = sb.file(
-        "slow.toml",
-        &format!(
-            "[pod]\nname = \"slow\"\n[limits]\ntool_timeout_ms = 700\n\
-             [[scope.allow]]\ntarget = \"proj\"\npermission = \"read\"\n\
-             [[plugins.grant]]\nplugin = \"http_get\"\nhttp = [\"http://127.0.0.1:{s}\"]\n"
-        ),
-    );
+    let slow = pod_manifest(&sb, "slow", &format!("[limits]\ntool_timeout_ms = 700\n{}", grant(s)));
     let started = std::time::Instant::now();
     let (code, doc) = get(&slow, format!("http://127.0.0.1:{s}/"));
     assert_eq!(code, Some(1), "{doc}");
@@ -275,13 +260,7 @@ fn sockets_reach_only_granted_addresses() {
     std::fs::write(dir.path().join("probe.toml"), "sockets = [\"127.0.0.1:*\"]\n").unwrap();
     let plugins = dir.path().to_str().unwrap();
     let manifest = |grant: &str| {
-        sb.file(
-            "pod.toml",
-            &format!(
-                "[pod]\nname = \"net\"\n[[scope.allow]]\ntarget = \"proj\"\npermission = \"read\"\n\
-                 [[plugins.grant]]\nplugin = \"probe\"\nsockets = [{grant}]\n"
-            ),
-        )
+        pod_manifest(&sb, "net", &format!("[[plugins.grant]]\nplugin = \"probe\"\nsockets = [{grant}]\n"))
     };
     let connect = |manifest: &std::path::Path, addr: std::net::SocketAddr| {
         let input = json!({ "connect": addr.to_string() }).to_string();
