@@ -152,7 +152,7 @@ async fn methods_in_every_state() {
         "[agent]\npause_before = [\"Write\"]\n",
     );
     let pod = setup.start(None).await.unwrap();
-    let mut c = Client::connect(&pod.socket).await;
+    let mut c = Client::connect(pod.socket.as_deref().unwrap()).await;
 
     // Idle.
     c.send(json!({"method": "cancel", "id": 1})).await;
@@ -216,7 +216,7 @@ async fn methods_in_every_state() {
 async fn notify_while_idle_starts_a_turn() {
     let setup = Setup::new("notify", json!([{"text": "noted"}]), "");
     let pod = setup.start(None).await.unwrap();
-    let mut c = Client::connect(&pod.socket).await;
+    let mut c = Client::connect(pod.socket.as_deref().unwrap()).await;
     c.send(json!({"method": "notify", "message": "the build finished"})).await;
     assert_eq!(c.expect("notification").await["message"], "the build finished");
     assert_eq!(c.expect("run_start").await["cause"], "notify");
@@ -234,8 +234,8 @@ async fn notify_while_idle_starts_a_turn() {
 async fn malformed_lines_are_answered_and_the_connection_lives() {
     let setup = Setup::new("malformed", json!([]), "");
     let pod = setup.start(None).await.unwrap();
-    let mut a = Client::connect(&pod.socket).await;
-    let mut b = Client::connect(&pod.socket).await;
+    let mut a = Client::connect(pod.socket.as_deref().unwrap()).await;
+    let mut b = Client::connect(pod.socket.as_deref().unwrap()).await;
     for bad in
         ["not json", "[1,2]", "{}", r#"{"method":"fly"}"#, r#"{"method":"run"}"#, r#"{"method":"run","input":5}"#]
     {
@@ -264,13 +264,13 @@ async fn two_clients_and_a_reconnect() {
         "",
     );
     let pod = setup.start(None).await.unwrap();
-    let mut a = Client::connect(&pod.socket).await;
-    let mut b = Client::connect(&pod.socket).await;
+    let mut a = Client::connect(pod.socket.as_deref().unwrap()).await;
+    let mut b = Client::connect(pod.socket.as_deref().unwrap()).await;
     a.send(json!({"method": "run", "input": "count"})).await;
     b.expect("run_start").await;
     b.expect("text_delta").await;
     drop(b);
-    let mut c = Client::connect(&pod.socket).await;
+    let mut c = Client::connect(pod.socket.as_deref().unwrap()).await;
     assert_eq!(c.expect("text_done").await["text"], "one two three four five six seven eight nine ten");
     c.expect("run_end").await;
     assert_eq!(a.expect("run_end").await["outcome"], "finished");
@@ -289,8 +289,8 @@ async fn a_slow_client_is_dropped_without_stalling_the_pod() {
     let words = format!("{} ", "w".repeat(150)).repeat(3000);
     let setup = Setup::new("slow", json!([{"text": words, "chunk_delay_ms": 1}]), "");
     let pod = setup.start(None).await.unwrap();
-    let mut slow = Client::connect(&pod.socket).await;
-    let mut fast = Client::connect(&pod.socket).await;
+    let mut slow = Client::connect(pod.socket.as_deref().unwrap()).await;
+    let mut fast = Client::connect(pod.socket.as_deref().unwrap()).await;
     fast.send(json!({"method": "run", "input": "talk a lot"})).await;
     let started = std::time::Instant::now();
     assert_eq!(fast.expect("run_end").await["outcome"], "finished");
@@ -316,7 +316,7 @@ async fn shutdown_cancels_and_cleans_up() {
     let pod = setup.start(None).await.unwrap();
     let dir = setup.runtime_root().join("shut");
     assert!(dir.join("sock").exists() && dir.join("status.json").exists() && dir.join("manifest.toml").exists());
-    let mut c = Client::connect(&pod.socket).await;
+    let mut c = Client::connect(pod.socket.as_deref().unwrap()).await;
     c.send(json!({"method": "run", "input": "wait"})).await;
     c.expect("run_start").await;
     c.send(json!({"method": "shutdown"})).await;
@@ -341,7 +341,7 @@ async fn stale_runtime_dir_is_replaced_and_a_live_one_refused() {
     std::fs::write(dir.join("status.json"), r#"{"pod":"stale","pid":999999}"#).unwrap();
     std::fs::write(dir.join("lock"), "").unwrap();
     let pod = setup.start(None).await.unwrap();
-    let mut c = Client::connect(&pod.socket).await;
+    let mut c = Client::connect(pod.socket.as_deref().unwrap()).await;
     c.send(json!({"method": "get_history"})).await;
     c.expect("history").await;
     let err = setup.start(None).await.err().unwrap();
@@ -388,7 +388,7 @@ async fn compaction_summarises_into_a_new_session() {
     );
     let sessions = SessionStore::new(sb.root.join("sessions"));
     let pod = common::start_pod(&sb.root.join("pod.toml"), &sb.root, &[], None).await.unwrap();
-    let mut c = Client::connect(&pod.socket).await;
+    let mut c = Client::connect(pod.socket.as_deref().unwrap()).await;
     c.send(json!({"method": "run", "input": "what is in data.txt?"})).await;
     assert_eq!(c.expect("run_end").await["outcome"], "finished");
     let first_session = sessions.resolve("latest", "compact").unwrap();
@@ -482,7 +482,10 @@ async fn write_scopes_of_live_pods_never_overlap_across_processes() {
     let lock = ScopeLock::new(home.join("run/scope.lock"));
     let claims = lock.claims().unwrap();
     let kid = claims.iter().find(|c| c.pod == "holder.kid").expect("the child's claim");
-    assert_eq!(kid.parent.as_deref(), Some("holder"));
+    let holder_claim = claims.iter().find(|c| c.pod == "holder").expect("the holder's claim");
+    // Claims are keyed by pod id; the parent link names the holder's.
+    assert_eq!(kid.parent.as_deref(), Some(holder_claim.id.as_str()));
+    assert_ne!(kid.id, holder_claim.id);
     assert_eq!(kid.write, [setup.sb.root.join("proj/sub")]);
 
     let second = setup.sb.root.join("second.toml");

@@ -12,7 +12,7 @@ use common::{Sandbox, plugin_dir};
 use serde_json::{Value, json};
 use tokio::sync::broadcast;
 use yoi_host::history::Item;
-use yoi_host::pod::PodHandle;
+use yoi_host::pod::{Answer, PodHandle};
 use yoi_host::protocol::{Method, PodEvent, WireEvent};
 use yoi_host::scope_lock::ScopeLock;
 use yoi_host::session::SessionStore;
@@ -61,7 +61,7 @@ impl Tree {
 
     /// Runs the lead on `input` and waits for that run to end.
     async fn run(&mut self, input: &str) {
-        drop(self.lead.request(Method::Run { input: input.into() }).await);
+        assert_eq!(self.lead.request(Method::Run { input: input.into() }).await.unwrap(), Answer::Accepted);
         self.until(|e| matches!(e, PodEvent::RunEnd { .. })).await;
     }
 
@@ -86,8 +86,9 @@ impl Tree {
 
     /// The lead's tool results so far, in order: (tool, content, is_error).
     async fn results(&self) -> Vec<(String, String, bool)> {
-        let mut answer = self.lead.request(Method::GetHistory {}).await;
-        let Some(WireEvent::Pod(PodEvent::History { items, .. })) = answer.recv().await else { panic!("no history") };
+        let Ok(Answer::History { items, .. }) = self.lead.request(Method::GetHistory {}).await else {
+            panic!("no history")
+        };
         items
             .into_iter()
             .filter_map(|item| match item {
@@ -98,7 +99,7 @@ impl Tree {
     }
 
     async fn shutdown(self) {
-        drop(self.lead.request(Method::Shutdown { detach_children: false }).await);
+        self.lead.request(Method::Shutdown { detach_children: false }).await.unwrap();
         self.lead.wait().await;
         let lock = std::fs::read_to_string(self.sb.root.join("run/scope.lock")).unwrap();
         assert!(!lock.contains("lead"), "claims left behind: {lock}");
@@ -315,7 +316,7 @@ async fn detached_children_outlive_their_parent_and_keep_their_scope() {
     let children = json!({"lead.worker": [{"delay_ms": 20000, "text": "never"}]});
     let mut tree = Tree::start(lead, children).await;
     tree.run("go").await;
-    drop(tree.lead.request(Method::Shutdown { detach_children: true }).await);
+    tree.lead.request(Method::Shutdown { detach_children: true }).await.unwrap();
     tree.lead.wait().await;
     let lock = ScopeLock::new(tree.sb.root.join("run/scope.lock"));
     let claims = lock.claims().unwrap();

@@ -11,8 +11,10 @@
 //! - [`agent`]: the conversation loop (stream, tool calls, hooks, cancel).
 //! - [`protocol`]: the pod socket's JSON-lines wire types.
 //! - [`session`]: the append-only session log.
+//! - [`identity`]: a pod's unique id and the namespace of its name.
+//! - [`lifecycle`]: a pod's state (idle, running, paused, stopping, stopped).
 //! - [`pod`]: a pod's controller, socket server, runtime directory, compaction.
-//! - [`pod_state`]: the per-pod key/value store plugins keep state in.
+//! - [`plugin_store`]: the per-pod key/value store plugins keep state in.
 //! - [`home`]: where yoi-host keeps its files (`$YOI_HOME`).
 //! - [`cli`]: the `yoi-host` command line.
 #![deny(missing_docs)]
@@ -21,10 +23,12 @@ pub mod agent;
 pub mod cli;
 pub mod history;
 pub mod home;
+pub mod identity;
+pub mod lifecycle;
 pub mod manifest;
 pub mod plugin;
+pub mod plugin_store;
 pub mod pod;
-pub mod pod_state;
 pub mod protocol;
 pub mod provider;
 pub mod scope;

@@ -15,6 +15,9 @@
 //! `Scope::lending`), so a claim may overlap those of its own ancestors in
 //! the same process. When a claim goes, whether released or reclaimed from
 //! a dead process, the claims of its children pass to its own parent.
+//!
+//! Claims are keyed by the pod's unique id (not its name, which repeats
+//! across namespaces); the name is kept for messages.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -27,13 +30,16 @@ use serde::{Deserialize, Serialize};
 /// One live pod's claim.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Claim {
-    /// The pod's name.
+    /// The pod's unique id.
+    #[serde(default)]
+    pub id: String,
+    /// The pod's name, qualified by its namespace (for messages).
     pub pod: String,
     /// The owning process.
     pub pid: u32,
     /// The owner's start time (clock ticks since boot), against pid reuse.
     pub started: u64,
-    /// The pod that delegated this scope, if any (same process).
+    /// The id of the pod that delegated this scope, if any (same process).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parent: Option<String>,
     /// The pod's write targets (canonical).
@@ -54,7 +60,7 @@ impl Table {
             // Climb past every removed ancestor (at most all of them: a
             // hand-edited file could hold a cycle).
             for _ in 0..=removed.len() {
-                let Some(parent) = removed.iter().find(|r| r.pid == claim.pid && Some(&r.pod) == claim.parent.as_ref())
+                let Some(parent) = removed.iter().find(|r| r.pid == claim.pid && Some(&r.id) == claim.parent.as_ref())
                 else {
                     break;
                 };
@@ -63,16 +69,17 @@ impl Table {
         }
     }
 
-    /// Whether `other` is `pod`'s parent, grandparent, ... in process `pid`.
+    /// Whether `other` is the parent (by id), grandparent, ... of a claim of
+    /// process `pid` whose parent is `parent`.
     fn is_ancestor(&self, other: &Claim, pid: u32, parent: Option<&str>) -> bool {
         let mut next = parent;
         // A chain longer than the table is a cycle in a damaged file.
         for _ in 0..=self.claims.len() {
             let Some(name) = next else { return false };
-            if other.pid == pid && other.pod == name {
+            if other.pid == pid && other.id == name {
                 return true;
             }
-            next = self.claims.iter().find(|c| c.pid == pid && c.pod == name).and_then(|c| c.parent.as_deref());
+            next = self.claims.iter().find(|c| c.pid == pid && c.id == name).and_then(|c| c.parent.as_deref());
         }
         false
     }
@@ -85,16 +92,18 @@ pub struct ScopeLock {
 }
 
 /// A claim held by this process; released when dropped.
+/// Releasing it takes the file lock: drop it where blocking is fine.
 #[derive(Debug)]
 pub struct ClaimGuard {
     lock: ScopeLock,
+    id: String,
     pod: String,
 }
 
 impl Drop for ClaimGuard {
     fn drop(&mut self) {
         let pid = std::process::id();
-        if let Err(e) = self.lock.update(|table| table.remove(|c| c.pid == pid && c.pod == self.pod)) {
+        if let Err(e) = self.lock.update(|table| table.remove(|c| c.pid == pid && c.id == self.id)) {
             tracing::warn!(pod = %self.pod, "cannot release the scope lock: {e:#}");
         }
     }
@@ -106,11 +115,14 @@ impl ScopeLock {
         ScopeLock { path: path.into() }
     }
 
-    /// Claims `write` for `pod`, a child of `parent` (a pod of this process)
-    /// if given, or explains which live pod holds an overlapping target.
-    pub fn claim(&self, pod: &str, parent: Option<&str>, write: &[PathBuf]) -> anyhow::Result<ClaimGuard> {
+    /// Claims `write` for the pod with id `id` (named `pod`), a child of the
+    /// pod with id `parent` (of this process) if given, or explains which live
+    /// pod holds an overlapping target. This takes the file lock: call it
+    /// where blocking is fine.
+    pub fn claim(&self, id: &str, pod: &str, parent: Option<&str>, write: &[PathBuf]) -> anyhow::Result<ClaimGuard> {
         let pid = std::process::id();
         let me = Claim {
+            id: id.to_string(),
             pod: pod.to_string(),
             pid,
             started: start_time(pid).unwrap_or(0),
@@ -134,7 +146,7 @@ impl ScopeLock {
             table.claims.push(me.clone());
             Ok(())
         })??;
-        Ok(ClaimGuard { lock: self.clone(), pod: pod.to_string() })
+        Ok(ClaimGuard { lock: self.clone(), id: id.to_string(), pod: pod.to_string() })
     }
 
     /// The live claims.
@@ -196,15 +208,15 @@ mod tests {
     fn overlapping_write_scopes_are_refused_until_released() {
         let tmp = tempfile::tempdir().unwrap();
         let lock = ScopeLock::new(tmp.path().join("run/scope.lock"));
-        let a = lock.claim("a", None, &["/p/src".into()]).unwrap();
+        let a = lock.claim("a", "a", None, &["/p/src".into()]).unwrap();
         for overlapping in ["/p", "/p/src", "/p/src/deep"] {
-            let err = lock.claim("b", None, &[overlapping.into()]).unwrap_err();
+            let err = lock.claim("b", "b", None, &[overlapping.into()]).unwrap_err();
             assert!(err.to_string().contains("held by pod \"a\""), "{err}");
         }
-        let b = lock.claim("b", None, &["/p/srcx".into(), "/q".into()]).unwrap();
+        let b = lock.claim("b", "b", None, &["/p/srcx".into(), "/q".into()]).unwrap();
         assert_eq!(lock.claims().unwrap().len(), 2);
         drop(a);
-        let c = lock.claim("c", None, &["/p/src".into()]).unwrap();
+        let c = lock.claim("c", "c", None, &["/p/src".into()]).unwrap();
         drop((b, c));
         assert!(lock.claims().unwrap().is_empty());
     }
@@ -214,6 +226,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let lock = ScopeLock::new(tmp.path().join("scope.lock"));
         let claim = |pod: &str, pid, parent: Option<&str>, write: &str| Claim {
+            id: pod.into(),
             pod: pod.into(),
             pid,
             started: 1,
@@ -223,7 +236,7 @@ mod tests {
         let dead = claim("ghost", u32::MAX - 1, None, "/p");
         let reused = claim("old", std::process::id(), None, "/q");
         std::fs::write(lock.path.clone(), serde_json::to_vec(&Table { claims: vec![dead, reused] }).unwrap()).unwrap();
-        let _p = lock.claim("new", None, &["/p".into(), "/q".into()]).unwrap();
+        let _p = lock.claim("new", "new", None, &["/p".into(), "/q".into()]).unwrap();
         let claims = lock.claims().unwrap();
         assert_eq!(claims.len(), 1);
         assert_eq!(claims[0].pod, "new");
@@ -236,6 +249,7 @@ mod tests {
         let lock = ScopeLock::new(tmp.path().join("scope.lock"));
         let pid = std::process::id();
         let claim = |pod: &str, parent: &str, write: &str| Claim {
+            id: pod.into(),
             pod: pod.into(),
             pid,
             started: 0,
@@ -246,24 +260,24 @@ mod tests {
         d.parent = None;
         let table = Table { claims: vec![claim("a", "b", "/p/a"), claim("b", "a", "/p/b"), d] };
         std::fs::write(&lock.path, serde_json::to_vec(&table).unwrap()).unwrap();
-        let err = lock.claim("c", Some("a"), &["/p/d/x".into()]).unwrap_err();
+        let err = lock.claim("c", "c", Some("a"), &["/p/d/x".into()]).unwrap_err();
         assert!(err.to_string().contains("held by pod \"d\""), "{err}");
         // Releasing a claim inside the cycle terminates too.
-        drop(lock.claim("e", Some("b"), &["/q".into()]).unwrap());
+        drop(lock.claim("e", "e", Some("b"), &["/q".into()]).unwrap());
     }
 
     #[test]
     fn children_overlap_only_their_ancestors_and_pass_to_the_grandparent() {
         let tmp = tempfile::tempdir().unwrap();
         let lock = ScopeLock::new(tmp.path().join("scope.lock"));
-        let lead = lock.claim("lead", None, &["/p".into()]).unwrap();
-        let worker = lock.claim("lead.w", Some("lead"), &["/p/src".into()]).unwrap();
-        let _helper = lock.claim("lead.w.h", Some("lead.w"), &["/p/src/a".into()]).unwrap();
+        let lead = lock.claim("lead", "lead", None, &["/p".into()]).unwrap();
+        let worker = lock.claim("lead.w", "lead.w", Some("lead"), &["/p/src".into()]).unwrap();
+        let _helper = lock.claim("lead.w.h", "lead.w.h", Some("lead.w"), &["/p/src/a".into()]).unwrap();
         // A sibling may not overlap the worker, nor a stranger the lead.
-        let err = lock.claim("lead.v", Some("lead"), &["/p/src/b".into()]).unwrap_err();
+        let err = lock.claim("lead.v", "lead.v", Some("lead"), &["/p/src/b".into()]).unwrap_err();
         assert!(err.to_string().contains("held by pod \"lead.w\""), "{err}");
-        assert!(lock.claim("other", None, &["/p/docs".into()]).is_err());
-        let _sibling = lock.claim("lead.v", Some("lead"), &["/p/docs".into()]).unwrap();
+        assert!(lock.claim("other", "other", None, &["/p/docs".into()]).is_err());
+        let _sibling = lock.claim("lead.v", "lead.v", Some("lead"), &["/p/docs".into()]).unwrap();
         // The worker goes: its child now belongs to the lead.
         drop(worker);
         let claims = lock.claims().unwrap();
@@ -272,5 +286,21 @@ mod tests {
         drop(lead);
         let claims = lock.claims().unwrap();
         assert!(claims.iter().all(|c| c.parent.is_none()), "{claims:?}");
+    }
+
+    #[test]
+    fn pods_named_alike_hold_their_own_claims() {
+        let tmp = tempfile::tempdir().unwrap();
+        let lock = ScopeLock::new(tmp.path().join("scope.lock"));
+        let a = lock.claim("id-a", "acme/coder", None, &["/a".into()]).unwrap();
+        let b = lock.claim("id-b", "globex/coder", None, &["/b".into()]).unwrap();
+        let _a_child = lock.claim("id-c", "acme/coder.w", Some("id-a"), &["/a/w".into()]).unwrap();
+        // The other "coder" is no ancestor of a child of the first.
+        let err = lock.claim("id-d", "globex/coder.w", Some("id-b"), &["/a/x".into()]).unwrap_err();
+        assert!(err.to_string().contains("acme/coder"), "{err}");
+        drop(b);
+        let claims = lock.claims().unwrap();
+        assert_eq!(claims.iter().map(|c| c.id.as_str()).collect::<Vec<_>>(), ["id-a", "id-c"]);
+        drop(a);
     }
 }

@@ -88,6 +88,11 @@ impl SessionStore {
         SessionStore { dir: dir.into() }
     }
 
+    /// The sessions of `namespace`, in its part of this store.
+    pub fn within(&self, namespace: &crate::identity::Namespace) -> SessionStore {
+        SessionStore::new(namespace.dir(&self.dir))
+    }
+
     fn path(&self, id: &str) -> PathBuf {
         self.dir.join(format!("{id}.jsonl"))
     }

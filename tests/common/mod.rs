@@ -8,9 +8,10 @@ pub mod mock_http;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use yoi_host::identity::Namespace;
 use yoi_host::manifest::LoadedManifest;
 use yoi_host::plugin::{Allocator, CallLimits, HostOptions, PluginHost, PodContext};
-use yoi_host::pod::{PodHandle, PodSpec, start};
+use yoi_host::pod::{Exposure, PodHandle, PodSpec, start};
 use yoi_host::provider::{Provider, from_manifest, retry_policy};
 use yoi_host::scope::{Permission, RuleSpec, Scope};
 use yoi_host::scope_lock::ScopeLock;
@@ -118,6 +119,8 @@ pub async fn start_pod(
         resume,
         scope_lock: ScopeLock::new(base.join("run/scope.lock")),
         data_root: home.join("data"),
+        namespace: Namespace::operator(),
+        exposure: Exposure::Socket,
     })
     .await
 }

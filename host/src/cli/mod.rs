@@ -20,7 +20,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::home::Home;
 use crate::manifest::LoadedManifest;
-use crate::plugin::{Allocator, HostOptions, PluginHost, PodContext, ToolError, ToolErrorKind};
+use crate::plugin::{Allocator, HostOptions, PluginHost, ToolError, ToolErrorKind};
 
 /// Hosts LLM agent pods whose tools run as WebAssembly components.
 #[derive(Parser, Debug)]
@@ -241,12 +241,8 @@ async fn tool_call(dirs: &PluginDirs, manifest: &std::path::Path, tool: &str, in
     for e in host.load_errors() {
         eprintln!("yoi-host: plugin not loaded: {e}");
     }
-    let name = &loaded.manifest.pod.name;
-    let mut pod = PodContext::new(name, loaded.working_dir.clone(), loaded.scope.clone(), loaded.call_limits());
-    let env = |var: &str| std::env::var(var).ok();
     let data_root = crate::home::Home::from_env()?.root().join("data");
-    pod.grants = host.grants_for(&loaded.manifest.plugins.grant, name, &data_root, &env)?;
-    let pod = Arc::new(pod);
+    let pod = Arc::new(crate::pod::pod_context(&loaded, &host, &data_root, None)?);
     let result = match serde_json::from_str::<serde_json::Value>(input) {
         Ok(value) if value.is_object() => host.call(&pod, tool, input).await,
         Ok(_) => Err(ToolError::new(ToolErrorKind::InvalidInput, "the input must be a JSON object")),

@@ -9,16 +9,18 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::Args;
 use tokio::io::AsyncBufReadExt;
-use tokio::sync::{broadcast, mpsc};
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::broadcast;
 
 use super::PluginDirs;
 use super::client::{PodClient, socket_of};
 use super::render::{Renderer, exit_code};
 use crate::history::Item;
 use crate::home::Home;
+use crate::identity::Namespace;
 use crate::manifest::LoadedManifest;
 use crate::pod::runtime_dir::{Status, is_live, runtime_root};
-use crate::pod::{PodSpec, start};
+use crate::pod::{Exposure, PodHandle, PodSpec, start};
 use crate::protocol::{Method, PodEvent, WireEvent};
 use crate::provider::{self, Provider, RetryPolicy};
 use crate::scope_lock::ScopeLock;
@@ -87,19 +89,31 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         resume,
         scope_lock,
         data_root: home.root().join("data"),
+        namespace: Namespace::operator(),
+        exposure: Exposure::Socket,
     })
     .await?;
     let mut events = handle.subscribe();
-    let (reply, mut replies) = mpsc::channel(16);
-    eprintln!("yoi-host: pod {name} listening on {}", handle.socket.display());
-    if let Some(input) = args.prompt {
-        handle.request_with(Method::Run { input }, reply.clone()).await;
+    if let Some(socket) = &handle.socket {
+        eprintln!("yoi-host: pod {name} listening on {}", socket.display());
     }
     let mut renderer = Renderer::new(args.json);
+    let mut code = ExitCode::SUCCESS;
+    if let Some(input) = args.prompt
+        && !ask(&handle, Method::Run { input }, &mut renderer).await?
+        && args.once
+    {
+        code = ExitCode::from(1);
+        ask(&handle, Method::Shutdown { detach_children: false }, &mut renderer).await?;
+    }
+    // SIGTERM and SIGHUP take the same path as a shutdown request: the run
+    // is cancelled, children stop, the session is flushed, the claim and
+    // the runtime dir are released.
+    let mut terminate = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+    let mut hangup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
     let mut ticker = tokio::time::interval(Duration::from_millis(100));
     let mut running = false;
     let mut interrupts = 0;
-    let mut code = ExitCode::SUCCESS;
     loop {
         tokio::select! {
             event = events.recv() => match event {
@@ -113,31 +127,32 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
                         running = false;
                         if args.once {
                             code = ExitCode::from(exit_code(outcome));
-                            handle.request_with(Method::Shutdown { detach_children: false }, reply.clone()).await;
+                            ask(&handle, Method::Shutdown { detach_children: false }, &mut renderer).await?;
                         }
                     }
                 }
                 Err(broadcast::error::RecvError::Lagged(_)) => {}
                 Err(broadcast::error::RecvError::Closed) => break,
             },
-            Some(answer) = replies.recv() => {
-                renderer.show(&answer)?;
-                if args.once && matches!(answer, WireEvent::Pod(PodEvent::Error { .. })) && !running {
-                    code = ExitCode::from(1);
-                    handle.request_with(Method::Shutdown { detach_children: false }, reply.clone()).await;
-                }
-            }
             _ = tokio::signal::ctrl_c() => {
                 interrupts += 1;
                 if running && interrupts == 1 {
                     eprintln!("\nyoi-host: cancelling the run (Ctrl-C again to shut down)");
-                    handle.request_with(Method::Cancel {}, reply.clone()).await;
+                    ask(&handle, Method::Cancel {}, &mut renderer).await?;
                 } else if interrupts <= 2 {
                     eprintln!("\nyoi-host: shutting down");
-                    handle.request_with(Method::Shutdown { detach_children: false }, reply.clone()).await;
+                    ask(&handle, Method::Shutdown { detach_children: false }, &mut renderer).await?;
                 } else {
                     return Ok(ExitCode::from(130));
                 }
+            }
+            Some(()) = terminate.recv() => {
+                eprintln!("yoi-host: SIGTERM: shutting down");
+                ask(&handle, Method::Shutdown { detach_children: false }, &mut renderer).await?;
+            }
+            Some(()) = hangup.recv() => {
+                eprintln!("yoi-host: SIGHUP: shutting down");
+                ask(&handle, Method::Shutdown { detach_children: false }, &mut renderer).await?;
             }
             _ = ticker.tick(), if renderer.spinning() => renderer.tick(),
         }
@@ -146,6 +161,23 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     // Child pods the operator detached run on until they are stopped.
     handle.wait_family().await;
     Ok(code)
+}
+
+/// Sends `method` to the pod and shows a refusal; says whether it was
+/// accepted. A pod that has already stopped counts as accepting a shutdown.
+async fn ask(handle: &PodHandle, method: Method, renderer: &mut Renderer) -> anyhow::Result<bool> {
+    let shutdown = matches!(method, Method::Shutdown { .. });
+    match handle.request(method).await {
+        Ok(answer) => match answer.into_event(None) {
+            Some(event) => {
+                renderer.show(&event)?;
+                Ok(!matches!(event, WireEvent::Pod(PodEvent::Error { .. })))
+            }
+            None => Ok(true),
+        },
+        Err(_) if shutdown => Ok(true),
+        Err(e) => Err(e.into()),
+    }
 }
 
 async fn connect(pod: &str) -> anyhow::Result<PodClient> {

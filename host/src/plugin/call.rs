@@ -6,9 +6,8 @@
 //! preopened directory handles are dropped when it returns. A trap poisons
 //! only that instance.
 
-use std::path::PathBuf;
-use std::sync::{Arc, RwLock};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Instant;
 
 use wasmtime::component::ResourceTable;
 use wasmtime::{ResourceLimiter, Store, UpdateDeadline};
@@ -16,87 +15,10 @@ use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use super::bindings::{Plugin, PluginPre};
-use super::capabilities::Grants;
-use super::host::pods::PodControl;
 use super::network::HttpPolicy;
 use super::output::Capture;
+use super::pod_context::{CallLimits, PodContext};
 use super::result::{ToolError, ToolErrorKind};
-use crate::pod_state::PodState;
-use crate::scope::Scope;
-
-/// Limits of one call, from the pod's manifest.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct CallLimits {
-    /// Wall-clock deadline.
-    pub timeout: Duration,
-    /// Linear memory cap, in bytes.
-    pub memory_bytes: u64,
-    /// Cap on the content handed back to the model, in bytes.
-    pub output_max_bytes: usize,
-}
-
-impl Default for CallLimits {
-    fn default() -> Self {
-        CallLimits { timeout: Duration::from_secs(30), memory_bytes: 256 << 20, output_max_bytes: 16 * 1024 }
-    }
-}
-
-/// The calling pod, as a plugin call needs it.
-pub struct PodContext {
-    /// The pod's name.
-    pub name: String,
-    /// The pod's working directory (absolute).
-    pub working_dir: PathBuf,
-    /// The pod's current effective scope; it changes while the pod lends part
-    /// of it to child pods, and each call takes the scope of its start.
-    scope: RwLock<Arc<Scope>>,
-    /// Limits for each call.
-    pub limits: CallLimits,
-    /// The pod's plugin state store.
-    pub state: PodState,
-    /// Child pods, when the pod is served by a host that runs them.
-    pub control: Option<Arc<dyn PodControl>>,
-    /// What each plugin may use beyond the scope, by plugin name.
-    pub grants: Grants,
-}
-
-impl std::fmt::Debug for PodContext {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PodContext").field("name", &self.name).field("scope", &self.scope()).finish_non_exhaustive()
-    }
-}
-
-impl PodContext {
-    /// A context for the pod `name` with `scope`; no child pods.
-    pub fn new(name: &str, working_dir: PathBuf, scope: Scope, limits: CallLimits) -> PodContext {
-        PodContext {
-            name: name.to_string(),
-            working_dir,
-            scope: RwLock::new(Arc::new(scope)),
-            limits,
-            state: PodState::new(),
-            control: None,
-            grants: Grants::new(),
-        }
-    }
-
-    /// A context with no scope at all, used to ask plugins to describe
-    /// themselves.
-    pub fn detached() -> PodContext {
-        let limits = CallLimits { timeout: Duration::from_secs(10), ..CallLimits::default() };
-        PodContext::new("", PathBuf::from("/"), Scope::default(), limits)
-    }
-
-    /// The effective scope now.
-    pub fn scope(&self) -> Arc<Scope> {
-        self.scope.read().unwrap().clone()
-    }
-
-    /// Replaces the effective scope; calls that start later see it.
-    pub fn set_scope(&self, scope: Scope) {
-        *self.scope.write().unwrap() = Arc::new(scope);
-    }
-}
 
 /// The data of a call's [`Store`].
 pub struct CallState {

@@ -22,6 +22,7 @@ pub mod engine;
 mod host;
 mod network;
 mod output;
+pub mod pod_context;
 mod result;
 
 use std::collections::BTreeMap;
@@ -35,13 +36,12 @@ use wasmtime::component::{HasSelf, Linker};
 
 use bindings::{Plugin, PluginPre};
 use cache::{CacheOutcome, ComponentCache};
-pub use call::{CallLimits, PodContext};
 use call::{CallState, PluginLabel, with_fresh_instance};
 pub use capabilities::{Declared, Grant, Granted, Grants};
 pub use engine::Allocator;
 use engine::EpochTicker;
-pub use host::pods::{ChildOutput, ChildState, ChildSummary, PodControl, Refusal, SpawnRequest};
 pub use network::{HttpAccess, OriginPattern};
+pub use pod_context::{CallLimits, ChildOutput, ChildSummary, PodContext, PodControl, Refusal, SpawnRequest};
 pub use result::{ToolError, ToolErrorKind, ToolOutput, truncate};
 
 /// The version of the `yoi:plugin` WIT package this host speaks.

@@ -6,7 +6,9 @@
 //! chatty plugin loses output, never its call.
 
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -30,7 +32,7 @@ struct Captured {
 
 impl Capture {
     fn push(&self, bytes: &[u8]) {
-        let mut c = self.inner.lock().unwrap();
+        let mut c = self.inner.lock();
         let room = CAPTURE_BYTES.saturating_sub(c.kept.len());
         let take = room.min(bytes.len());
         c.kept.extend_from_slice(&bytes[..take]);
@@ -39,7 +41,7 @@ impl Capture {
 
     /// Everything kept, lossily decoded, with a note if output was dropped.
     pub fn text(&self) -> String {
-        let c = self.inner.lock().unwrap();
+        let c = self.inner.lock();
         let mut text = String::from_utf8_lossy(&c.kept).into_owned();
         if c.dropped > 0 {
             text.push_str(&format!("\n[{} more bytes not kept]", c.dropped));
@@ -49,7 +51,7 @@ impl Capture {
 
     /// The last `max` bytes (at a character boundary) of what was kept.
     pub fn tail(&self, max: usize) -> String {
-        let text = String::from_utf8_lossy(&self.inner.lock().unwrap().kept).into_owned();
+        let text = String::from_utf8_lossy(&self.inner.lock().kept).into_owned();
         let mut start = text.len().saturating_sub(max);
         while !text.is_char_boundary(start) {
             start += 1;
@@ -59,7 +61,7 @@ impl Capture {
 
     /// Whether nothing was written.
     pub fn is_empty(&self) -> bool {
-        let c = self.inner.lock().unwrap();
+        let c = self.inner.lock();
         c.kept.is_empty() && c.dropped == 0
     }
 }

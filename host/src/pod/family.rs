@@ -20,15 +20,19 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Weak};
+
+use parking_lot::Mutex;
 
 use tokio::sync::mpsc;
 
-use super::{MemberSpec, PodHandle, RunEnded, State};
+use super::{Answer, Exposure, MemberSpec, PodHandle, RunEnded, WeakPod};
 use crate::agent::Outcome;
+use crate::identity::{Namespace, PodId};
+use crate::lifecycle::Lifecycle;
 use crate::manifest::{LoadedManifest, validate_pod_name};
-use crate::plugin::{ChildOutput, ChildState, ChildSummary, PluginHost, PodContext, PodControl, Refusal, SpawnRequest};
-use crate::protocol::{Method, PodEvent, WireEvent};
+use crate::plugin::{ChildOutput, ChildSummary, PluginHost, PodContext, PodControl, Refusal, SpawnRequest};
+use crate::protocol::Method;
 use crate::provider::{self, RetryPolicy};
 use crate::scope::{Access, Permission, Rule, RuleSpec, Rules, Scope, describe_rule};
 use crate::scope_lock::ScopeLock;
@@ -47,6 +51,10 @@ pub struct FamilyConfig {
     pub scope_lock: ScopeLock,
     /// Where plugins' private data directories go (`$YOI_HOME/data`).
     pub data_root: PathBuf,
+    /// The namespace of the family's names.
+    pub namespace: Namespace,
+    /// How clients reach the family's pods.
+    pub exposure: Exposure,
 }
 
 /// The system prompt of a child unless its spawner adds an instruction.
@@ -58,7 +66,10 @@ const MAX_CHILD_NAME: usize = 32;
 
 /// One pod of the family, alive or stopped.
 struct Member {
-    handle: PodHandle,
+    pod: WeakPod,
+    /// A child pod is kept alive by its family until it is stopped; the
+    /// root pod lives while its operator holds a handle.
+    _owned: Option<PodHandle>,
     parent: Option<String>,
     manifest: LoadedManifest,
     context: Arc<PodContext>,
@@ -97,24 +108,27 @@ impl Family {
         self.start_member(spec, None).await
     }
 
+    /// What every pod of the family shares.
+    pub fn config(&self) -> &FamilyConfig {
+        &self.config
+    }
+
     async fn start_member(&self, spec: MemberSpec, parent: Option<String>) -> anyhow::Result<PodHandle> {
         let name = spec.manifest.manifest.pod.name.clone();
         let manifest = spec.manifest.clone();
         let retry = spec.retry;
         let granted = spec.manifest.scope.clone();
         let write = write_targets(&granted);
-        let mut context = PodContext::new(&name, manifest.working_dir.clone(), granted.clone(), manifest.call_limits());
-        context.control = Some(Arc::new(Link(self.me.clone())));
-        let env = |var: &str| std::env::var(var).ok();
-        context.grants =
-            self.config.plugins.grants_for(&manifest.manifest.plugins.grant, &name, &self.config.data_root, &env)?;
-        let context = Arc::new(context);
+        let control: Arc<dyn PodControl> = Arc::new(Link(self.me.clone()));
+        let context =
+            Arc::new(super::pod_context(&manifest, &self.config.plugins, &self.config.data_root, Some(control))?);
         let (run_ends, ended) = mpsc::unbounded_channel();
         let family = self.me.upgrade().expect("a family lives in an Arc");
-        let handle =
-            super::start_pod(spec, &family, &self.config, context.clone(), parent.as_deref(), run_ends).await?;
+        let parent_id = parent.as_ref().and_then(|p| self.members.lock().get(p).map(|m| m.pod.id.clone()));
+        let handle = super::start_pod(spec, &family, PodId::new(), context.clone(), parent_id, run_ends).await?;
         let member = Member {
-            handle: handle.clone(),
+            pod: handle.downgrade(),
+            _owned: parent.is_some().then(|| handle.clone()),
             parent,
             manifest,
             context,
@@ -125,7 +139,7 @@ impl Family {
             stopping: false,
             retry,
         };
-        self.members.lock().unwrap().insert(name.clone(), member);
+        self.members.lock().insert(name.clone(), member);
         let family = self.me.clone();
         tokio::spawn(watch(family, name, ended));
         Ok(handle)
@@ -135,9 +149,9 @@ impl Family {
     /// outlive the pod that spawned them).
     pub async fn wait_all(&self) {
         loop {
-            let live: Vec<PodHandle> = {
-                let members = self.members.lock().unwrap();
-                members.values().filter(|m| !m.handle.is_stopped()).map(|m| m.handle.clone()).collect()
+            let live: Vec<WeakPod> = {
+                let members = self.members.lock();
+                members.values().filter(|m| m.pod.lifecycle() != Lifecycle::Stopped).map(|m| m.pod.clone()).collect()
             };
             if live.is_empty() {
                 return;
@@ -154,7 +168,7 @@ impl Family {
         let Some(member) = members.get(name) else { return };
         let lent: Vec<PathBuf> = members
             .values()
-            .filter(|m| m.parent.as_deref() == Some(name) && !m.handle.is_stopped())
+            .filter(|m| m.parent.as_deref() == Some(name) && !m.pod.is_stopped())
             .flat_map(|m| m.write.iter().cloned())
             .collect();
         member.context.set_scope(member.granted.lending(&lent));
@@ -163,21 +177,21 @@ impl Family {
     /// Called by the pod's teardown, before its handle reports it stopped:
     /// stops its children (or detaches them) and waits for them.
     pub(super) async fn stop_children(&self, name: &str, detach: bool) {
-        let children: Vec<PodHandle> = {
-            let mut members = self.members.lock().unwrap();
+        let children: Vec<WeakPod> = {
+            let mut members = self.members.lock();
             let Some(me) = members.get_mut(name) else { return };
             me.stopping = true;
             let grandparent = me.parent.clone();
             let mut children = Vec::new();
             for (child_name, child) in members.iter_mut() {
-                if child.parent.as_deref() != Some(name) || child.handle.is_stopped() {
+                if child.parent.as_deref() != Some(name) || child.pod.is_stopped() {
                     continue;
                 }
                 if detach {
                     child.parent = grandparent.clone();
                 } else {
                     child.stopped_by = Some(name.to_string());
-                    children.push(child.handle.clone());
+                    children.push(child.pod.clone());
                 }
                 tracing::debug!(pod = name, child = %child_name, detach, "parent stopping");
             }
@@ -187,7 +201,10 @@ impl Family {
             children
         };
         for child in &children {
-            drop(child.request(Method::Shutdown { detach_children: false }).await);
+            // A child that already stopped needs no asking.
+            if let Ok(child) = child.upgrade() {
+                let _ = child.request(Method::Shutdown { detach_children: false }).await;
+            }
         }
         for child in &children {
             child.wait().await;
@@ -199,7 +216,7 @@ impl Family {
     /// parent asked for the stop.
     pub(super) async fn stopped(&self, name: &str) {
         let note = {
-            let members = self.members.lock().unwrap();
+            let members = self.members.lock();
             let Some(me) = members.get(name) else { return };
             let Some(parent_name) = me.parent.clone() else { return };
             Self::refresh_scope(&members, &parent_name);
@@ -209,9 +226,12 @@ impl Family {
             }
             let given_back = me.write.iter().map(|w| w.display().to_string()).collect::<Vec<_>>().join(", ");
             let back = if given_back.is_empty() { String::new() } else { format!("; {given_back} is yours again") };
-            (parent.handle.clone(), format!("child pod {:?} stopped{back}", relative(name, &parent_name)))
+            (parent.pod.clone(), format!("child pod {:?} stopped{back}", relative(name, &parent_name)))
         };
-        note.0.notify(note.1).await;
+        // A parent that stopped meanwhile has no one to tell.
+        if let Ok(parent) = note.0.upgrade() {
+            let _ = parent.notify(note.1).await;
+        }
     }
 
     async fn spawn_child(&self, caller: &str, request: SpawnRequest) -> Result<String, Refusal> {
@@ -222,14 +242,20 @@ impl Family {
             .await
             .map_err(|e| Refusal::Failed(format!("cannot start pod {:?}: {e:#}", request.name)))?;
         {
-            let members = self.members.lock().unwrap();
+            let members = self.members.lock();
             Self::refresh_scope(&members, caller);
         }
-        let mut answer = handle.request(Method::Run { input: request.task.clone() }).await;
-        if let Some(WireEvent::Pod(PodEvent::Error { message, .. })) = answer.recv().await {
+        let refusal = match handle.request(Method::Run { input: request.task.clone() }).await {
+            Ok(Answer::Refused { message, .. }) => Some(message),
+            Ok(_) => None,
+            Err(e) => Some(e.to_string()),
+        };
+        if let Some(message) = refusal {
             // A child without its task holds scope for nothing: stop it.
-            self.members.lock().unwrap().get_mut(&full).expect("just started").stopped_by = Some(caller.to_string());
-            drop(handle.request(Method::Shutdown { detach_children: false }).await);
+            if let Some(member) = self.members.lock().get_mut(&full) {
+                member.stopped_by = Some(caller.to_string());
+            }
+            let _ = handle.request(Method::Shutdown { detach_children: false }).await;
             handle.wait().await;
             return Err(Refusal::Failed(format!(
                 "pod {full:?} started but did not take its task ({message}); it was stopped"
@@ -273,7 +299,7 @@ impl Family {
         let full = format!("{caller}.{name}");
         validate_pod_name(&full).map_err(|e| invalid(format!("{e}; pick a shorter name")))?;
 
-        let mut members = self.members.lock().unwrap();
+        let mut members = self.members.lock();
         let Some(parent) = members.get(caller) else {
             return Err(Refusal::Failed("the calling pod is not known to this host".into()));
         };
@@ -327,7 +353,7 @@ impl Family {
         };
         // A stopped child of the same name makes room; a live one does not.
         if let Some(old) = members.get(&full) {
-            if !old.handle.is_stopped() {
+            if !old.pod.is_stopped() {
                 return Err(Refusal::Failed(format!("a child named {name:?} is alive; stop it or pick another name")));
             }
             members.remove(&full);
@@ -337,35 +363,39 @@ impl Family {
     }
 
     fn read_output(&self, caller: &str, name: &str) -> Result<ChildOutput, Refusal> {
-        let mut members = self.members.lock().unwrap();
+        let mut members = self.members.lock();
         let full = descendant(&members, caller, name)?;
         let max = members.get(caller).map_or(16 * 1024, |c| c.context.limits.output_max_bytes).saturating_sub(512);
         let member = members.get_mut(&full).expect("resolved above");
         let cursor = member.cursors.get(caller).copied().unwrap_or(0);
-        let (text, dropped, next) = member.handle.progress.read(cursor, max.max(1024));
+        let (text, dropped, next) = member.pod.output.read(cursor, max.max(1024));
         member.cursors.insert(caller.to_string(), next);
-        Ok(ChildOutput { text, dropped, state: child_state(&member.handle) })
+        Ok(ChildOutput { text, dropped, state: member.pod.lifecycle() })
     }
 
     async fn stop_descendant(&self, caller: &str, name: &str) -> Result<String, Refusal> {
         let (handle, stopped, given_back, to) = {
-            let mut members = self.members.lock().unwrap();
+            let mut members = self.members.lock();
             let full = descendant(&members, caller, name)?;
-            if members[&full].handle.is_stopped() {
+            if members[&full].pod.is_stopped() {
                 return Ok(format!("pod {name:?} was already stopped"));
             }
             let stopped: Vec<String> = members
                 .keys()
-                .filter(|n| is_descendant(&members, n, &full) && !members[*n].handle.is_stopped())
+                .filter(|n| is_descendant(&members, n, &full) && !members[*n].pod.is_stopped())
                 .map(|n| relative(n, caller))
                 .collect();
             let member = members.get_mut(&full).expect("resolved above");
             member.stopped_by = Some(caller.to_string());
             let given_back: Vec<String> = member.write.iter().map(|w| w.display().to_string()).collect();
             let to = member.parent.as_deref().filter(|p| *p != caller).map(|p| relative(p, caller)).unwrap_or_default();
-            (member.handle.clone(), stopped, given_back, to)
+            (member.pod.clone(), stopped, given_back, to)
         };
-        drop(handle.request(Method::Shutdown { detach_children: false }).await);
+        // A pod that stopped on its own between the check and here is
+        // stopped all the same.
+        if let Ok(live) = handle.upgrade() {
+            let _ = live.request(Method::Shutdown { detach_children: false }).await;
+        }
         handle.wait().await;
         let mut answer = format!("Stopped pod {name:?}");
         if !stopped.is_empty() {
@@ -382,22 +412,22 @@ impl Family {
     }
 
     fn list(&self, caller: &str) -> Vec<ChildSummary> {
-        let members = self.members.lock().unwrap();
+        let members = self.members.lock();
         members
             .iter()
             .filter(|(n, _)| is_descendant(&members, n, caller))
             .map(|(n, m)| ChildSummary {
                 name: relative(n, caller),
-                state: child_state(&m.handle),
+                state: m.pod.lifecycle(),
                 scope: m.granted.allow.clone(),
             })
             .collect()
     }
 
-    fn handle_of(&self, caller: &str, name: &str) -> Result<(String, PodHandle), Refusal> {
-        let members = self.members.lock().unwrap();
+    fn pod_of(&self, caller: &str, name: &str) -> Result<WeakPod, Refusal> {
+        let members = self.members.lock();
         let full = descendant(&members, caller, name)?;
-        Ok((full.clone(), members[&full].handle.clone()))
+        Ok(members[&full].pod.clone())
     }
 }
 
@@ -454,7 +484,7 @@ fn check_rule(
 fn lent_note(members: &BTreeMap<String, Member>, caller: &str, path: &Path) -> String {
     members
         .iter()
-        .filter(|(_, m)| m.parent.as_deref() == Some(caller) && !m.handle.is_stopped())
+        .filter(|(_, m)| m.parent.as_deref() == Some(caller) && !m.pod.is_stopped())
         .find(|(_, m)| m.write.iter().any(|w| w.starts_with(path) || path.starts_with(w)))
         .map(|(n, _)| format!(" (child pod {:?} writes there)", relative(n, caller)))
         .unwrap_or_default()
@@ -493,22 +523,13 @@ fn relative(name: &str, ancestor: &str) -> String {
     name.strip_prefix(ancestor).and_then(|r| r.strip_prefix('.')).unwrap_or(name).to_string()
 }
 
-fn child_state(handle: &PodHandle) -> ChildState {
-    match handle.progress.state() {
-        None => ChildState::Stopped,
-        Some(State::Idle) => ChildState::Idle,
-        Some(State::Running) => ChildState::Running,
-        Some(State::Paused) => ChildState::Paused,
-    }
-}
-
 /// Tells a pod's parent, as a note, each time one of the pod's runs ends
 /// (stopping is told by [`Family::stopped`]).
 async fn watch(family: Weak<Family>, name: String, mut run_ends: mpsc::UnboundedReceiver<RunEnded>) {
     while let Some(ended) = run_ends.recv().await {
         let Some(family) = family.upgrade() else { return };
         let note = {
-            let members = family.members.lock().unwrap();
+            let members = family.members.lock();
             let Some(me) = members.get(&name) else { continue };
             let Some(parent) = me.parent.as_ref().and_then(|p| members.get(p).map(|m| (p, m))) else { continue };
             // Whoever stops a pod hears of it from the stop itself.
@@ -516,7 +537,7 @@ async fn watch(family: Weak<Family>, name: String, mut run_ends: mpsc::Unbounded
                 continue;
             }
             let who = relative(&name, parent.0);
-            let unread = me.handle.progress.unread(me.cursors.get(parent.0).copied().unwrap_or(0));
+            let unread = me.pod.output.unread(me.cursors.get(parent.0).copied().unwrap_or(0));
             let what = match (ended.outcome, &ended.error) {
                 (Outcome::Failed, Some(error)) => format!("failed its run: {error}"),
                 (Outcome::Failed, None) => "failed its run".to_string(),
@@ -526,9 +547,11 @@ async fn watch(family: Weak<Family>, name: String, mut run_ends: mpsc::Unbounded
                 (Outcome::Cancelled, _) => "had its run cancelled".to_string(),
             };
             let text = format!("child pod {who:?} {what}; {unread} bytes of its output are unread (ReadPodOutput)");
-            (parent.1.handle.clone(), text)
+            (parent.1.pod.clone(), text)
         };
-        note.0.notify(note.1).await;
+        if let Ok(parent) = note.0.upgrade() {
+            let _ = parent.notify(note.1).await;
+        }
     }
 }
 
@@ -539,16 +562,14 @@ impl PodControl for Link {
     }
 
     async fn send(&self, caller: &str, name: &str, message: String) -> Result<String, Refusal> {
-        let (_, handle) = self.family()?.handle_of(caller, name)?;
-        if handle.is_stopped() {
-            return Err(Refusal::Failed(format!("pod {name:?} is stopped; spawn it again to give it work")));
-        }
-        let mut answer = handle.request(Method::Run { input: message }).await;
-        match answer.recv().await {
-            Some(WireEvent::Pod(PodEvent::Error { message, .. })) => {
+        let stopped = || Refusal::Failed(format!("pod {name:?} is stopped; spawn it again to give it work"));
+        let pod = self.family()?.pod_of(caller, name)?.upgrade().map_err(|_| stopped())?;
+        match pod.request(Method::Run { input: message }).await {
+            Ok(Answer::Refused { message, .. }) => {
                 Err(Refusal::Failed(format!("pod {name:?} is busy ({message}); try again after its next note")))
             }
-            _ => Ok(format!("Sent; pod {name:?} is running. You will get a note when it ends the run.")),
+            Ok(_) => Ok(format!("Sent; pod {name:?} is running. You will get a note when it ends the run.")),
+            Err(_) => Err(stopped()),
         }
     }
 

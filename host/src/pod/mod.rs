@@ -1,44 +1,59 @@
-//! A pod: a named, long-running agent with its own controller, socket,
-//! runtime directory and session log.
+//! A pod: a named, long-running agent with its own controller, session log
+//! and (when exposed on a socket) runtime directory.
 //!
-//! One controller task per pod owns the pod's state (idle, running, paused)
-//! and decides every request in one place: `run` while busy is
-//! `already_running`, `resume` when not paused is `not_paused`, `cancel` when
-//! idle is `not_running`. A run happens in its own task, which streams the
-//! agent loop's events to every client (a broadcast channel), appends to the
-//! session log as things happen, and reports back when it ends. Data both
-//! touch (the history mirror, the session writer, queued notifications)
-//! lives in [`Shared`].
+//! One controller task per pod owns the pod's [`Lifecycle`] and decides
+//! every request in one place: `run` while busy is `already_running`,
+//! `resume` when not paused is `not_paused`, `cancel` when idle is
+//! `not_running`. It publishes the lifecycle on a `watch` channel, which is
+//! the one place every view of the pod reads it from, and the one way to
+//! learn that a pod stopped ([`PodView::wait`]).
+//!
+//! A run happens in its own task, which streams the agent loop's events to
+//! every client (a broadcast channel), appends to the session log as things
+//! happen, and hands the history back when it ends. Data both touch (the
+//! history mirror, the session writer, queued notifications) lives in
+//! [`Shared`].
+//!
+//! The controller ends on `shutdown` or when the last [`PodHandle`] is
+//! dropped. A panic in the controller or in a run ends only that pod: its
+//! clients get an `internal` error, and its runtime directory and scope
+//! claim are released as on any other stop.
 //!
 //! Parts: `server` (socket, connections, slow clients), `runtime_dir`
 //! (claim, status files, cleanup), `prompt` (system prompt), `compaction`,
-//! `family` (child pods), `progress` (state and output for other pods).
+//! `family` (child pods), `output` (text for other pods to read).
 
 mod compaction;
 pub mod family;
-mod progress;
+mod output;
 pub mod prompt;
 pub mod runtime_dir;
 mod server;
 
 use std::collections::HashSet;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Weak};
+
+use parking_lot::Mutex;
 
 use serde_json::{Map, Value};
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
+use tokio::task::JoinError;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::AbortOnDropHandle;
 
 use crate::agent::{Agent, AgentConfig, Event, Hooks, Outcome, PluginTools, ToolDecision};
 use crate::history::{Item, pending_calls};
+use crate::identity::{Namespace, PodId};
+use crate::lifecycle::Lifecycle;
 use crate::manifest::LoadedManifest;
-use crate::plugin::{PluginHost, PodContext};
+use crate::plugin::{PluginHost, PodContext, PodControl};
 use crate::protocol::{ErrorCode, Greeting, Method, PodEvent, Request, WireEvent, error};
 use crate::provider::{Provider, RetryPolicy, Usage};
 use crate::scope_lock::{ClaimGuard, ScopeLock};
 use crate::session::{Entry, SessionStore, SessionWriter};
 use family::{Family, FamilyConfig};
-pub use progress::Progress;
+pub use output::OutputTail;
 use runtime_dir::{RuntimeDir, Status};
 
 /// Events buffered per client before a slow client is dropped.
@@ -67,6 +82,25 @@ pub struct PodSpec {
     pub scope_lock: ScopeLock,
     /// Where plugins' private data directories go (`$YOI_HOME/data`).
     pub data_root: PathBuf,
+    /// The namespace of the pod's name (its children share it). Sessions,
+    /// runtime directories and data directories live in the namespace's
+    /// part of their roots.
+    pub namespace: Namespace,
+    /// How clients reach the pod (its children are reached the same way).
+    pub exposure: Exposure,
+}
+
+/// How clients reach a pod.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Exposure {
+    /// A runtime directory with a socket and status files: local clients
+    /// (`yoi-host send`, `attach`, `ps`) find it by name. Holds three file
+    /// descriptors (the listening socket, the directory's lock, the session
+    /// log).
+    Socket,
+    /// Only through its [`PodHandle`] (a server that fronts many pods):
+    /// nothing on disk but the session log, one file descriptor.
+    HostOnly,
 }
 
 /// What one pod of a family needs to start; the rest is the family's.
@@ -85,25 +119,28 @@ pub(crate) struct RunEnded {
     error: Option<String>,
 }
 
-/// The pod's state.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum State {
-    /// Waiting for a request.
-    Idle,
-    /// A run is going on.
-    Running,
-    /// A run stopped before tool calls, waiting for `resume`.
-    Paused,
+/// The context a pod's tool calls get: its scope, limits, what each plugin
+/// was granted, and (when it runs in a family) the way to its child pods.
+/// Every pod, and `yoi-host tool call`, builds its context here.
+pub fn pod_context(
+    manifest: &LoadedManifest,
+    plugins: &PluginHost,
+    data_root: &std::path::Path,
+    control: Option<Arc<dyn PodControl>>,
+) -> anyhow::Result<PodContext> {
+    let name = &manifest.manifest.pod.name;
+    let mut context =
+        PodContext::new(name, manifest.working_dir.clone(), manifest.scope.clone(), manifest.call_limits());
+    let env = |var: &str| std::env::var(var).ok();
+    context.grants = plugins.grants_for(&manifest.manifest.plugins.grant, name, data_root, &env)?;
+    context.control = control;
+    Ok(context)
 }
 
-impl State {
-    fn as_str(self) -> &'static str {
-        match self {
-            State::Idle => "idle",
-            State::Running => "running",
-            State::Paused => "paused",
-        }
-    }
+/// The runtime directory and scope claim a pod holds until it stops.
+struct Held {
+    runtime: Option<RuntimeDir>,
+    _claim: ClaimGuard,
 }
 
 /// What the controller and the run task share.
@@ -117,13 +154,15 @@ pub struct Shared {
     last_usage: Mutex<Option<Usage>>,
     pod_context: Arc<PodContext>,
     greeting: Greeting,
-    runtime: RuntimeDir,
-    /// State and output, for other pods.
-    progress: Arc<Progress>,
+    /// The pod's lifecycle; the controller (and, once it ended, the pod's
+    /// supervising task) is its only writer.
+    lifecycle: watch::Sender<Lifecycle>,
+    /// Assistant text, for other pods to read.
+    output: Arc<OutputTail>,
     /// Ends of runs, for the family.
     run_ends: mpsc::UnboundedSender<RunEnded>,
-    /// The pod's write scope, held in the machine-wide lock until the pod ends.
-    _scope: ClaimGuard,
+    /// Released (explicitly, off the async threads) when the pod stops.
+    held: Mutex<Option<Held>>,
 }
 
 impl Shared {
@@ -133,7 +172,7 @@ impl Shared {
     }
 
     fn log(&self, entry: &Entry) {
-        if let Err(e) = self.session.lock().unwrap().append(entry) {
+        if let Err(e) = self.session.lock().append(entry) {
             tracing::error!(pod = %self.name, "session log: {e:#}");
             self.broadcast(error(ErrorCode::Internal, format!("cannot write the session log: {e:#}"), None));
         }
@@ -141,37 +180,46 @@ impl Shared {
 
     fn append(&self, item: Item) {
         self.log(&Entry::Item { item: item.clone() });
-        self.history.lock().unwrap().push(item);
+        self.history.lock().push(item);
     }
 
     fn greeting(&self) -> Greeting {
         Greeting {
-            session: self.session.lock().unwrap().id().to_string(),
-            state: self.progress.state().map_or("stopped", State::as_str).to_string(),
+            session: self.session.lock().id().to_string(),
+            state: self.lifecycle.borrow().as_str().to_string(),
             ..self.greeting.clone()
         }
     }
 
-    fn set_state(&self, state: State) {
-        self.progress.set_state(Some(state));
+    /// Publishes the pod's new state, and writes `status.json` (and, when
+    /// no run is going on, `history.json`) if the pod has a runtime dir.
+    fn set_state(&self, state: Lifecycle) {
+        self.lifecycle.send_replace(state);
+        let held = self.held.lock();
+        let Some(runtime) = held.as_ref().and_then(|h| h.runtime.as_ref()) else { return };
         let status = Status {
             pod: self.name.clone(),
             pid: std::process::id(),
             state: state.as_str().to_string(),
-            session: self.session.lock().unwrap().id().to_string(),
-            socket: self.runtime.socket(),
+            session: self.session.lock().id().to_string(),
+            socket: runtime.socket(),
             cwd: self.pod_context.working_dir.clone(),
             model: Some(format!("{} {}", self.greeting.provider, self.greeting.model)),
         };
-        if let Err(e) = self.runtime.write_status(&status) {
+        if let Err(e) = runtime.write_status(&status) {
             tracing::warn!(pod = %self.name, "cannot write status.json: {e:#}");
         }
-        if state != State::Running {
-            let history = serde_json::to_vec(&*self.history.lock().unwrap()).unwrap_or_default();
-            if let Err(e) = self.runtime.write_atomic("history.json", &history) {
+        if state != Lifecycle::Running {
+            let history = serde_json::to_vec(&*self.history.lock()).unwrap_or_default();
+            if let Err(e) = runtime.write_atomic("history.json", &history) {
                 tracing::warn!(pod = %self.name, "cannot write history.json: {e:#}");
             }
         }
+    }
+
+    /// Hands over the runtime directory and the scope claim, once.
+    fn release(&self) -> Option<Held> {
+        self.held.lock().take()
     }
 
     /// The files the pod's tools read or wrote.
@@ -186,59 +234,118 @@ impl Shared {
 }
 
 /// Messages to the controller.
-pub enum Command {
-    /// A client's request; `reply` reaches only that client (and is dropped
-    /// once the request is decided).
+pub(crate) enum Command {
+    /// A client's request, answered through `reply`.
     Request {
         /// The request.
         request: Request,
-        /// The client's private channel.
-        reply: mpsc::Sender<WireEvent>,
+        /// Where the answer goes.
+        reply: Reply,
     },
     /// A note from the host (e.g. a child pod finished).
     Notify(String),
-    /// The run task is done.
-    RunDone {
-        /// The history after the run.
-        history: Vec<Item>,
-        /// How it ended.
-        result: Result<Outcome, String>,
+}
+
+/// Where the controller's answer to one request goes.
+pub(crate) enum Reply {
+    /// A socket connection: refusals and history go there as events; an
+    /// accepted request needs no answer (its events follow on the stream).
+    Connection(mpsc::Sender<WireEvent>),
+    /// An in-process caller waiting for the decision.
+    Caller(oneshot::Sender<Answer>),
+}
+
+impl Reply {
+    fn send(self, answer: Answer, id: Option<Value>) {
+        match self {
+            Reply::Connection(client) => {
+                if let Some(event) = answer.into_event(id) {
+                    // A client that does not read its answers loses them.
+                    let _ = client.try_send(event);
+                }
+            }
+            Reply::Caller(caller) => {
+                let _ = caller.send(answer);
+            }
+        }
+    }
+}
+
+/// The controller's decision on one request.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Answer {
+    /// Done or started; what follows comes as events.
+    Accepted,
+    /// The answer to `get_history`.
+    History {
+        /// The items.
+        items: Vec<Item>,
+        /// Who the pod is and its state.
+        greeting: Greeting,
+    },
+    /// Refused, with the protocol's error code.
+    Refused {
+        /// Why, as a code.
+        code: ErrorCode,
+        /// Why, for people.
+        message: String,
     },
 }
 
-/// A running pod.
-#[derive(Clone)]
-pub struct PodHandle {
-    commands: mpsc::Sender<Command>,
-    events: broadcast::Sender<WireEvent>,
-    /// The pod's socket.
-    pub socket: PathBuf,
-    /// The pod's name.
+impl Answer {
+    /// The event a socket client gets for this answer, if any.
+    pub fn into_event(self, id: Option<Value>) -> Option<WireEvent> {
+        match self {
+            Answer::Accepted => None,
+            Answer::History { items, greeting } => Some(PodEvent::History { items, greeting }.into()),
+            Answer::Refused { code, message } => Some(error(code, message, id)),
+        }
+    }
+
+    fn refused(code: ErrorCode, message: &str) -> Answer {
+        Answer::Refused { code, message: message.to_string() }
+    }
+}
+
+/// A request that could not reach a pod.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum PodError {
+    /// The pod's controller has ended.
+    #[error("pod {0:?} has stopped")]
+    Stopped(String),
+}
+
+/// What anyone may read of a pod, without keeping it alive.
+pub struct PodView {
+    /// The pod's name (unique within its namespace).
     pub name: String,
-    done: Arc<tokio::sync::Notify>,
-    finished: Arc<Mutex<bool>>,
-    /// State and output, readable without asking the controller.
-    pub progress: Arc<Progress>,
+    /// The pod's unique id.
+    pub id: PodId,
+    /// The namespace of its name.
+    pub namespace: Namespace,
+    /// Its socket, when it is exposed on one.
+    pub socket: Option<PathBuf>,
+    events: broadcast::Sender<WireEvent>,
+    lifecycle: watch::Receiver<Lifecycle>,
+    /// Its assistant text, for other pods to read.
+    pub output: Arc<OutputTail>,
     family: Weak<Family>,
 }
 
-impl PodHandle {
-    /// Sends a request as an in-process client; answers for this client
-    /// only (errors, history) arrive on the returned channel.
-    pub async fn request(&self, method: Method) -> mpsc::Receiver<WireEvent> {
-        let (reply, rx) = mpsc::channel(16);
-        let _ = self.commands.send(Command::Request { request: Request { id: None, method }, reply }).await;
-        rx
+impl PodView {
+    /// The pod's state now.
+    pub fn lifecycle(&self) -> Lifecycle {
+        *self.lifecycle.borrow()
     }
 
-    /// Sends a request whose private answers go to `reply`.
-    pub async fn request_with(&self, method: Method, reply: mpsc::Sender<WireEvent>) {
-        let _ = self.commands.send(Command::Request { request: Request { id: None, method }, reply }).await;
+    /// A receiver of the pod's state as it changes.
+    pub fn watch_lifecycle(&self) -> watch::Receiver<Lifecycle> {
+        self.lifecycle.clone()
     }
 
-    /// Queues a note for the model, as the host (not a client).
-    pub async fn notify(&self, message: String) {
-        let _ = self.commands.send(Command::Notify(message)).await;
+    /// Whether the pod no longer takes requests (stopping or stopped).
+    pub fn is_stopped(&self) -> bool {
+        !self.lifecycle().is_live()
     }
 
     /// Every event from now on.
@@ -246,9 +353,12 @@ impl PodHandle {
         self.events.subscribe()
     }
 
-    /// Whether the pod has stopped (its controller ended).
-    pub fn is_stopped(&self) -> bool {
-        self.progress.state().is_none()
+    /// Waits until the pod has stopped and cleaned up (its children
+    /// included, unless detached).
+    pub async fn wait(&self) {
+        let mut lifecycle = self.lifecycle.clone();
+        // A closed channel means the pod's task is gone: stopped too.
+        let _ = lifecycle.wait_for(|s| *s == Lifecycle::Stopped).await;
     }
 
     /// Waits until this pod and every pod it detached have shut down.
@@ -259,53 +369,120 @@ impl PodHandle {
         }
     }
 
-    /// Waits until the pod has shut down and cleaned up (its children
-    /// included, unless detached).
-    pub async fn wait(&self) {
-        loop {
-            let notified = self.done.notified();
-            if *self.finished.lock().unwrap() {
-                return;
-            }
-            notified.await;
+    fn gone(&self) -> PodError {
+        PodError::Stopped(self.namespace.qualify(&self.name))
+    }
+}
+
+/// A running pod. The pod serves while any handle to it lives (or, for a
+/// child pod, while its family holds it); dropping the last one shuts it
+/// down.
+#[derive(Clone)]
+pub struct PodHandle {
+    commands: mpsc::Sender<Command>,
+    view: Arc<PodView>,
+}
+
+impl std::ops::Deref for PodHandle {
+    type Target = PodView;
+
+    fn deref(&self) -> &PodView {
+        &self.view
+    }
+}
+
+impl PodHandle {
+    /// Sends a request as an in-process client and waits for the
+    /// controller's decision. A pod that has stopped is an error naming it.
+    pub async fn request(&self, method: Method) -> Result<Answer, PodError> {
+        let (reply, answer) = oneshot::channel();
+        let command = Command::Request { request: Request { id: None, method }, reply: Reply::Caller(reply) };
+        self.commands.send(command).await.map_err(|_| self.gone())?;
+        answer.await.map_err(|_| self.gone())
+    }
+
+    /// Queues a note for the model, as the host (not a client).
+    pub async fn notify(&self, message: String) -> Result<(), PodError> {
+        self.commands.send(Command::Notify(message)).await.map_err(|_| self.gone())
+    }
+
+    /// A reference that does not keep the pod alive.
+    pub fn downgrade(&self) -> WeakPod {
+        WeakPod { commands: self.commands.downgrade(), view: self.view.clone() }
+    }
+}
+
+/// A pod, without keeping it alive.
+#[derive(Clone)]
+pub struct WeakPod {
+    commands: mpsc::WeakSender<Command>,
+    view: Arc<PodView>,
+}
+
+impl std::ops::Deref for WeakPod {
+    type Target = PodView;
+
+    fn deref(&self) -> &PodView {
+        &self.view
+    }
+}
+
+impl WeakPod {
+    /// A handle, if the pod still serves.
+    pub fn upgrade(&self) -> Result<PodHandle, PodError> {
+        match self.commands.upgrade() {
+            Some(commands) if !self.view.is_stopped() => Ok(PodHandle { commands, view: self.view.clone() }),
+            _ => Err(self.view.gone()),
         }
     }
 }
 
 /// Starts an operator's pod, the root of a new family: claims its runtime
-/// directory, opens (or continues) its session, binds its socket and spawns
-/// its controller.
+/// directory (if exposed on a socket), opens (or continues) its session,
+/// binds its socket and spawns its controller.
 pub async fn start(spec: PodSpec) -> anyhow::Result<PodHandle> {
     let family = Family::new(FamilyConfig {
         plugins: spec.plugins,
-        sessions: spec.sessions,
-        runtime_root: spec.runtime_root,
+        sessions: spec.sessions.within(&spec.namespace),
+        runtime_root: spec.namespace.dir(&spec.runtime_root),
         scope_lock: spec.scope_lock,
-        data_root: spec.data_root,
+        data_root: spec.namespace.dir(&spec.data_root),
+        namespace: spec.namespace,
+        exposure: spec.exposure,
     });
     let member =
         MemberSpec { manifest: spec.manifest, provider: spec.provider, retry: spec.retry, resume: spec.resume };
     family.start(member).await
 }
 
-/// Starts one pod of `family`, a child of `parent` if given.
-async fn start_pod(
-    spec: MemberSpec,
-    family: &Arc<Family>,
-    config: &FamilyConfig,
-    pod_context: Arc<PodContext>,
-    parent: Option<&str>,
-    run_ends: mpsc::UnboundedSender<RunEnded>,
-) -> anyhow::Result<PodHandle> {
+/// What a pod opens before it can serve: its history and session, its
+/// runtime dir and its scope claim. All of it is file work, done on a
+/// blocking thread.
+struct Opened {
+    history: Vec<Item>,
+    session: SessionWriter,
+    last_usage: Option<Usage>,
+    held: Held,
+}
+
+fn open_pod(spec: &MemberSpec, config: &FamilyConfig, id: &PodId, parent: Option<&PodId>) -> anyhow::Result<Opened> {
     let manifest = &spec.manifest;
-    let name = manifest.manifest.pod.name.clone();
-    let runtime = RuntimeDir::claim(&config.runtime_root, &name)?;
-    let scope_claim = config.scope_lock.claim(&name, parent, &family::write_targets(&manifest.scope))?;
+    let name = &manifest.manifest.pod.name;
+    let runtime = match config.exposure {
+        Exposure::Socket => Some(RuntimeDir::claim(&config.runtime_root, name)?),
+        Exposure::HostOnly => None,
+    };
+    let claim = config.scope_lock.claim(
+        id.as_str(),
+        &config.namespace.qualify(name),
+        parent.map(PodId::as_str),
+        &family::write_targets(&manifest.scope),
+    )?;
     let mut last_usage = None;
     let (history, session) = match &spec.resume {
         Some(id) => {
             let loaded = config.sessions.load(id)?;
-            if loaded.pod != name {
+            if &loaded.pod != name {
                 anyhow::bail!("session {id} belongs to pod {:?}, not {name:?}", loaded.pod);
             }
             let mut items = loaded.items;
@@ -324,9 +501,36 @@ async fn start_pod(
             }
             (items, writer)
         }
-        None => (Vec::new(), config.sessions.create(&name, None)?),
+        None => (Vec::new(), config.sessions.create(name, None)?),
     };
-    runtime.write_atomic("manifest.toml", toml::to_string(&manifest.manifest)?.as_bytes())?;
+    if let Some(runtime) = &runtime {
+        runtime.write_atomic("manifest.toml", toml::to_string(&manifest.manifest)?.as_bytes())?;
+    }
+    Ok(Opened { history, session, last_usage, held: Held { runtime, _claim: claim } })
+}
+
+/// Starts one pod of `family`, a child of `parent` (its name and id) if given.
+async fn start_pod(
+    spec: MemberSpec,
+    family: &Arc<Family>,
+    id: PodId,
+    pod_context: Arc<PodContext>,
+    parent: Option<PodId>,
+    run_ends: mpsc::UnboundedSender<RunEnded>,
+) -> anyhow::Result<PodHandle> {
+    let config = family.config().clone();
+    let (spec, opened) = {
+        let id = id.clone();
+        tokio::task::spawn_blocking(move || {
+            let opened = open_pod(&spec, &config, &id, parent.as_ref());
+            (spec, opened)
+        })
+        .await?
+    };
+    let opened = opened?;
+    let config = family.config();
+    let manifest = &spec.manifest;
+    let name = manifest.manifest.pod.name.clone();
     let system = prompt::system_prompt(manifest)?;
     let (provider_kind, model) = match &manifest.manifest.provider {
         Some(p) => (format!("{:?}", p.kind).to_lowercase(), p.model.clone()),
@@ -343,39 +547,42 @@ async fn start_pod(
         state: String::new(),
     };
     let (events, _) = broadcast::channel(CLIENT_BUFFER);
+    let (lifecycle, watching) = watch::channel(Lifecycle::Idle);
+    let socket = opened.held.runtime.as_ref().map(RuntimeDir::socket);
+    let listener = socket.as_deref().map(server::bind).transpose()?;
     let shared = Arc::new(Shared {
         name: name.clone(),
         events: events.clone(),
-        history: Mutex::new(history),
-        session: Mutex::new(session),
+        history: Mutex::new(opened.history),
+        session: Mutex::new(opened.session),
         notes: Mutex::new(Vec::new()),
-        last_usage: Mutex::new(last_usage),
+        last_usage: Mutex::new(opened.last_usage),
         pod_context,
         greeting,
-        runtime,
-        progress: Arc::new(Progress::default()),
+        lifecycle,
+        output: Arc::new(OutputTail::default()),
         run_ends,
-        _scope: scope_claim,
+        held: Mutex::new(Some(opened.held)),
     });
-    let socket = shared.runtime.socket();
-    let listener = server::bind(&socket)?;
-    shared.set_state(State::Idle);
+    shared.set_state(Lifecycle::Idle);
 
     let (commands, rx) = mpsc::channel(256);
-    let handle = PodHandle {
-        commands: commands.clone(),
-        events,
-        socket,
+    let view = PodView {
         name,
-        done: Arc::new(tokio::sync::Notify::new()),
-        finished: Arc::new(Mutex::new(false)),
-        progress: shared.progress.clone(),
+        id,
+        namespace: config.namespace.clone(),
+        socket,
+        events,
+        lifecycle: watching,
+        output: shared.output.clone(),
         family: Arc::downgrade(family),
     };
-    let server = tokio::spawn(server::serve(listener, commands.clone(), shared.clone()));
+    let handle = PodHandle { commands: commands.clone(), view: Arc::new(view) };
+    // The socket server does not keep the pod alive: it holds a weak sender.
+    let server = listener.map(|l| tokio::spawn(server::serve(l, commands.downgrade(), shared.clone())));
+    drop(commands);
     let controller = Controller {
-        shared,
-        commands,
+        shared: shared.clone(),
         plugins: config.plugins.clone(),
         provider: spec.provider,
         config: AgentConfig {
@@ -388,125 +595,223 @@ async fn start_pod(
         compaction: manifest.manifest.compaction.clone(),
         pause_before: manifest.manifest.agent.pause_before.clone(),
         sessions: config.sessions.clone(),
-        state: State::Idle,
+        state: Lifecycle::Idle,
         cancel: None,
+        run: None,
     };
-    let done = handle.done.clone();
-    let finished = handle.finished.clone();
-    let progress = handle.progress.clone();
-    let family = family.clone();
-    let name = handle.name.clone();
-    tokio::spawn(async move {
-        let detach = controller.run(rx).await;
-        progress.set_state(None);
-        family.stop_children(&name, detach).await;
-        server.abort();
-        // Once the server task is gone, nothing else holds the pod's runtime
-        // dir or scope claim: both are released here.
-        let _ = server.await;
-        family.stopped(&name).await;
-        *finished.lock().unwrap() = true;
-        done.notify_waiters();
-    });
+    tokio::spawn(supervise(controller, rx, server, family.clone()));
     Ok(handle)
+}
+
+/// Runs a pod's controller to its end, whether it shut down or failed, and
+/// then stops the pod's children, releases what it holds and publishes
+/// `stopped`.
+async fn supervise(
+    controller: Controller,
+    commands: mpsc::Receiver<Command>,
+    server: Option<tokio::task::JoinHandle<()>>,
+    family: Arc<Family>,
+) {
+    let shared = controller.shared.clone();
+    let detach = match tokio::spawn(controller.run(commands)).await {
+        Ok(detach) => detach,
+        Err(fault) => {
+            let message = format!("pod {:?} stopped after a fault in the host: {}", shared.name, fault_text(fault));
+            tracing::error!(pod = %shared.name, "{message}");
+            shared.broadcast(error(ErrorCode::Internal, message, None));
+            shared.broadcast(PodEvent::Shutdown);
+            false
+        }
+    };
+    shared.lifecycle.send_replace(Lifecycle::Stopping);
+    family.stop_children(&shared.name, detach).await;
+    if let Some(server) = server {
+        server.abort();
+        let _ = server.await;
+    }
+    // Removing the runtime dir and releasing the claim (flock) block.
+    let held = shared.release();
+    let _ = tokio::task::spawn_blocking(move || drop(held)).await;
+    family.stopped(&shared.name).await;
+    shared.lifecycle.send_replace(Lifecycle::Stopped);
+    tracing::debug!(pod = %shared.name, "stopped");
+}
+
+/// What a task's failure says.
+fn fault_text(fault: JoinError) -> String {
+    if !fault.is_panic() {
+        return "its task was cancelled".to_string();
+    }
+    let payload = fault.into_panic();
+    let text = payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "no message".to_string());
+    format!("panic: {text}")
+}
+
+/// What a run task hands back.
+struct RunDone {
+    history: Vec<Item>,
+    result: Result<Outcome, String>,
 }
 
 /// The controller: the one place that decides what a request does.
 struct Controller {
     shared: Arc<Shared>,
-    commands: mpsc::Sender<Command>,
     plugins: Arc<PluginHost>,
     provider: Option<Arc<dyn Provider>>,
     config: AgentConfig,
     compaction: crate::manifest::CompactionSection,
     pause_before: Vec<String>,
     sessions: SessionStore,
-    state: State,
+    /// Idle, running or paused (the stopping states belong to `supervise`).
+    state: Lifecycle,
     cancel: Option<CancellationToken>,
+    /// The run in progress; dropping the controller aborts it.
+    run: Option<AbortOnDropHandle<RunDone>>,
+}
+
+/// What woke the controller.
+enum Next {
+    Command(Option<Command>),
+    RunDone(Result<RunDone, JoinError>),
+}
+
+async fn run_done(run: &mut Option<AbortOnDropHandle<RunDone>>) -> Result<RunDone, JoinError> {
+    match run {
+        Some(task) => task.await,
+        None => std::future::pending().await,
+    }
 }
 
 impl Controller {
-    /// Serves requests until shutdown; says whether the pod's children are
-    /// to be detached rather than stopped.
-    async fn run(mut self, mut rx: mpsc::Receiver<Command>) -> bool {
-        let mut shutting_down = false;
-        let mut detach = false;
-        while let Some(command) = rx.recv().await {
-            match command {
-                Command::Request { request, reply } => {
-                    let id = request.id.clone();
-                    let refuse = |code, message: &str| {
-                        let _ = reply.try_send(error(code, message, id.clone()));
-                    };
-                    match request.method {
-                        Method::Run { input } => match self.state {
-                            State::Idle => {
-                                if self.provider.is_none() {
-                                    refuse(
-                                        ErrorCode::ProviderError,
-                                        "this pod has no [provider]; it serves tool calls only",
-                                    );
-                                    continue;
-                                }
-                                self.shared.append(Item::User { text: input });
-                                self.start_run("run", false);
-                            }
-                            State::Running => refuse(ErrorCode::AlreadyRunning, "a run is going on; cancel it or wait"),
-                            State::Paused => refuse(ErrorCode::AlreadyRunning, "a run is paused; resume or cancel it"),
-                        },
-                        Method::Resume {} => match self.state {
-                            State::Paused => self.start_run("resume", true),
-                            _ => refuse(ErrorCode::NotPaused, "no run is paused"),
-                        },
-                        Method::Cancel {} => match self.state {
-                            State::Running => {
-                                if let Some(c) = &self.cancel {
-                                    c.cancel();
-                                }
-                            }
-                            State::Paused => {
-                                let pending = pending_calls(&self.shared.history.lock().unwrap());
-                                for (id, name, _) in pending {
-                                    let content = "cancelled: the paused run was cancelled".to_string();
-                                    self.shared.append(Item::ToolResult { id, name, content, is_error: true });
-                                }
-                                self.finish_run(Ok(Outcome::Cancelled));
-                            }
-                            State::Idle => refuse(ErrorCode::NotRunning, "no run is going on"),
-                        },
-                        Method::Notify { message } => self.notify(message),
-                        Method::GetHistory {} => {
-                            let items = self.shared.history.lock().unwrap().clone();
-                            let history = PodEvent::History { items, greeting: self.shared.greeting() };
-                            let _ = reply.send(history.into()).await;
-                        }
-                        Method::Shutdown { detach_children } => {
-                            shutting_down = true;
-                            detach = detach_children;
-                            match (&self.cancel, self.state) {
-                                (Some(c), State::Running) => c.cancel(),
-                                _ => break,
-                            }
-                        }
+    /// Serves requests until shutdown or until every handle is gone; says
+    /// whether the pod's children are to be detached rather than stopped.
+    async fn run(mut self, mut commands: mpsc::Receiver<Command>) -> bool {
+        // Some(detach) once the pod is to stop.
+        let mut stopping: Option<bool> = None;
+        let mut open = true;
+        loop {
+            let next = tokio::select! {
+                command = commands.recv(), if open => Next::Command(command),
+                done = run_done(&mut self.run) => Next::RunDone(done),
+            };
+            match next {
+                Next::Command(None) => {
+                    // Every handle is gone: nobody can reach the pod any more.
+                    open = false;
+                    stopping.get_or_insert(false);
+                    match &self.cancel {
+                        Some(cancel) => cancel.cancel(),
+                        None => break,
                     }
                 }
-                Command::Notify(message) => self.notify(message),
-                Command::RunDone { history, result } => {
-                    *self.shared.history.lock().unwrap() = history;
-                    self.cancel = None;
-                    self.finish_run(result);
-                    if shutting_down {
+                Next::Command(Some(Command::Request { request, reply })) => {
+                    let answer = self.decide(request.method, &mut stopping);
+                    reply.send(answer, request.id);
+                    if stopping.is_some() && self.run.is_none() {
                         break;
                     }
-                    if self.state == State::Idle && !self.shared.notes.lock().unwrap().is_empty() {
+                }
+                Next::Command(Some(Command::Notify(message))) => self.notify(message),
+                Next::RunDone(Ok(done)) => {
+                    self.run = None;
+                    *self.shared.history.lock() = done.history;
+                    self.cancel = None;
+                    self.finish_run(done.result);
+                    if stopping.is_some() {
+                        break;
+                    }
+                    if self.state == Lifecycle::Idle && !self.shared.notes.lock().is_empty() {
                         self.start_run("notify", false);
                     }
+                }
+                Next::RunDone(Err(fault)) => {
+                    // The run task panicked: what it appended is in the
+                    // session log; the pod stops rather than carry on in a
+                    // state nobody can vouch for.
+                    self.run = None;
+                    self.cancel = None;
+                    let message =
+                        format!("pod {:?} stopped after a fault in the host: {}", self.shared.name, fault_text(fault));
+                    tracing::error!(pod = %self.shared.name, "{message}");
+                    self.shared.broadcast(error(ErrorCode::Internal, message.clone(), None));
+                    let _ = self.shared.run_ends.send(RunEnded { outcome: Outcome::Failed, error: Some(message) });
+                    self.shared.log(&Entry::RunEnd { outcome: Outcome::Failed });
+                    self.shared.broadcast(PodEvent::RunEnd { outcome: Outcome::Failed });
+                    stopping.get_or_insert(false);
+                    break;
                 }
             }
         }
         self.shared.broadcast(PodEvent::Shutdown);
-        tracing::debug!(pod = %self.shared.name, "shut down");
-        detach
+        tracing::debug!(pod = %self.shared.name, "controller ended");
+        stopping.unwrap_or(false)
+    }
+
+    /// Decides one request.
+    fn decide(&mut self, method: Method, stopping: &mut Option<bool>) -> Answer {
+        if stopping.is_some() && !matches!(method, Method::GetHistory {} | Method::Shutdown { .. }) {
+            return Answer::refused(ErrorCode::NotRunning, "the pod is shutting down");
+        }
+        match method {
+            Method::Run { input } => match self.state {
+                Lifecycle::Running => {
+                    Answer::refused(ErrorCode::AlreadyRunning, "a run is going on; cancel it or wait")
+                }
+                Lifecycle::Paused => Answer::refused(ErrorCode::AlreadyRunning, "a run is paused; resume or cancel it"),
+                _ if self.provider.is_none() => {
+                    Answer::refused(ErrorCode::ProviderError, "this pod has no [provider]; it serves tool calls only")
+                }
+                _ => {
+                    self.shared.append(Item::User { text: input });
+                    self.start_run("run", false);
+                    Answer::Accepted
+                }
+            },
+            Method::Resume {} => match self.state {
+                Lifecycle::Paused => {
+                    self.start_run("resume", true);
+                    Answer::Accepted
+                }
+                _ => Answer::refused(ErrorCode::NotPaused, "no run is paused"),
+            },
+            Method::Cancel {} => match self.state {
+                Lifecycle::Running => {
+                    if let Some(c) = &self.cancel {
+                        c.cancel();
+                    }
+                    Answer::Accepted
+                }
+                Lifecycle::Paused => {
+                    let pending = pending_calls(&self.shared.history.lock());
+                    for (id, name, _) in pending {
+                        let content = "cancelled: the paused run was cancelled".to_string();
+                        self.shared.append(Item::ToolResult { id, name, content, is_error: true });
+                    }
+                    self.finish_run(Ok(Outcome::Cancelled));
+                    Answer::Accepted
+                }
+                _ => Answer::refused(ErrorCode::NotRunning, "no run is going on"),
+            },
+            Method::Notify { message } => {
+                self.notify(message);
+                Answer::Accepted
+            }
+            Method::GetHistory {} => {
+                let items = self.shared.history.lock().clone();
+                Answer::History { items, greeting: self.shared.greeting() }
+            }
+            Method::Shutdown { detach_children } => {
+                *stopping = Some(detach_children);
+                if let Some(c) = &self.cancel {
+                    c.cancel();
+                }
+                Answer::Accepted
+            }
+        }
     }
 
     fn notify(&mut self, message: String) {
@@ -515,8 +820,8 @@ impl Controller {
         if self.provider.is_none() {
             return;
         }
-        self.shared.notes.lock().unwrap().push(message);
-        if self.state == State::Idle {
+        self.shared.notes.lock().push(message);
+        if self.state == Lifecycle::Idle {
             self.start_run("notify", false);
         }
     }
@@ -531,7 +836,7 @@ impl Controller {
         };
         let _ = self.shared.run_ends.send(RunEnded { outcome, error: failure });
         self.shared.log(&Entry::RunEnd { outcome });
-        self.state = if outcome == Outcome::Paused { State::Paused } else { State::Idle };
+        self.state = if outcome == Outcome::Paused { Lifecycle::Paused } else { Lifecycle::Idle };
         self.shared.set_state(self.state);
         self.shared.broadcast(PodEvent::RunEnd { outcome });
     }
@@ -539,20 +844,19 @@ impl Controller {
     fn start_run(&mut self, cause: &str, resuming: bool) {
         // Resuming approves exactly the calls that paused the run.
         let approved: HashSet<String> = if resuming {
-            pending_calls(&self.shared.history.lock().unwrap()).into_iter().map(|(id, _, _)| id).collect()
+            pending_calls(&self.shared.history.lock()).into_iter().map(|(id, _, _)| id).collect()
         } else {
             HashSet::new()
         };
         let Some(provider) = self.provider.clone() else { return };
         let cancel = CancellationToken::new();
         self.cancel = Some(cancel.clone());
-        self.state = State::Running;
-        self.shared.set_state(State::Running);
+        self.state = Lifecycle::Running;
+        self.shared.set_state(Lifecycle::Running);
         self.shared.broadcast(PodEvent::RunStart { cause: cause.to_string() });
         let shared = self.shared.clone();
         let plugins = self.plugins.clone();
         let config = self.config.clone();
-        let commands = self.commands.clone();
         let mut hooks = PodHooks {
             shared: shared.clone(),
             provider: provider.clone(),
@@ -563,8 +867,8 @@ impl Controller {
             approved,
             compacted_this_run: false,
         };
-        tokio::spawn(async move {
-            let mut history = shared.history.lock().unwrap().clone();
+        let task = tokio::spawn(async move {
+            let mut history = shared.history.lock().clone();
             let tools = PluginTools { host: &plugins, pod: shared.pod_context.clone() };
             let agent = Agent { provider: provider.as_ref(), tools: &tools, config: &config };
             let sink_shared = shared.clone();
@@ -572,10 +876,10 @@ impl Controller {
                 Event::ItemAppended { item } => sink_shared.append(item),
                 other => {
                     match &other {
-                        Event::TextDelta { text } => sink_shared.progress.push_text(text),
-                        Event::TextDone { .. } => sink_shared.progress.end_message(),
+                        Event::TextDelta { text } => sink_shared.output.push_text(text),
+                        Event::TextDone { .. } => sink_shared.output.end_message(),
                         Event::Usage { usage } => {
-                            *sink_shared.last_usage.lock().unwrap() = Some(*usage);
+                            *sink_shared.last_usage.lock() = Some(*usage);
                             sink_shared.log(&Entry::Usage { usage: *usage });
                         }
                         Event::TurnEnd { turn, .. } => sink_shared.log(&Entry::TurnEnd { turn: *turn }),
@@ -585,8 +889,9 @@ impl Controller {
                 }
             };
             let result = agent.run(&mut history, &mut hooks, &mut sink, &cancel).await.map_err(|e| e.to_string());
-            let _ = commands.send(Command::RunDone { history, result }).await;
+            RunDone { history, result }
         });
+        self.run = Some(AbortOnDropHandle::new(task));
     }
 }
 
@@ -607,7 +912,7 @@ struct PodHooks {
 
 impl PodHooks {
     async fn maybe_compact(&mut self, items: &mut Vec<Item>) {
-        let last_usage = *self.shared.last_usage.lock().unwrap();
+        let last_usage = *self.shared.last_usage.lock();
         let over = last_usage.is_some_and(|u| u.input_tokens > self.compaction.threshold_tokens);
         if !over || self.compacted_this_run {
             return;
@@ -623,7 +928,7 @@ impl PodHooks {
                 return;
             }
         };
-        let old_id = self.shared.session.lock().unwrap().id().to_string();
+        let old_id = self.shared.session.lock().id().to_string();
         let mut writer = match self.sessions.create(&self.shared.name, Some(&old_id)) {
             Ok(w) => w,
             Err(e) => {
@@ -641,10 +946,10 @@ impl PodHooks {
         }
         let new_id = writer.id().to_string();
         let dropped = items.len() + 1 - compacted.len();
-        *self.shared.session.lock().unwrap() = writer;
-        *self.shared.history.lock().unwrap() = compacted.clone();
+        *self.shared.session.lock() = writer;
+        *self.shared.history.lock() = compacted.clone();
         // The old count described the old context; the next request measures anew.
-        *self.shared.last_usage.lock().unwrap() = None;
+        *self.shared.last_usage.lock() = None;
         *items = compacted;
         let message = format!("compacted {dropped} older items into a summary; session {old_id} continues as {new_id}");
         self.shared.broadcast(PodEvent::Notification { message });
@@ -655,7 +960,7 @@ impl PodHooks {
 impl Hooks for PodHooks {
     async fn before_request(&mut self, items: &mut Vec<Item>, _last_usage: Option<Usage>) -> Vec<String> {
         self.maybe_compact(items).await;
-        std::mem::take(&mut *self.shared.notes.lock().unwrap())
+        std::mem::take(&mut *self.shared.notes.lock())
     }
 
     async fn before_tool_call(&mut self, id: &str, name: &str, _arguments: &Map<String, Value>) -> ToolDecision {

@@ -18,7 +18,7 @@ use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{broadcast, mpsc};
 
-use super::{Command, Shared};
+use super::{Command, Reply, Shared};
 use crate::protocol::{ErrorCode, Line, LineReader, MAX_LINE_BYTES, WireEvent, error, parse_request};
 
 /// Longest a single write to a client may take.
@@ -31,8 +31,9 @@ pub fn bind(path: &Path) -> anyhow::Result<UnixListener> {
     Ok(listener)
 }
 
-/// Accepts clients until the task is aborted.
-pub async fn serve(listener: UnixListener, commands: mpsc::Sender<Command>, shared: Arc<Shared>) {
+/// Accepts clients until the task is aborted. The server holds only a weak
+/// sender: a socket does not keep its pod alive.
+pub(super) async fn serve(listener: UnixListener, commands: mpsc::WeakSender<Command>, shared: Arc<Shared>) {
     loop {
         match listener.accept().await {
             Ok((stream, _)) => {
@@ -57,7 +58,11 @@ async fn write(stream: &mut tokio::net::unix::OwnedWriteHalf, event: &WireEvent)
 }
 
 /// Serves one client until it leaves, the pod shuts down, or it is too slow.
-async fn connection(stream: UnixStream, commands: mpsc::Sender<Command>, mut events: broadcast::Receiver<WireEvent>) {
+async fn connection(
+    stream: UnixStream,
+    commands: mpsc::WeakSender<Command>,
+    mut events: broadcast::Receiver<WireEvent>,
+) {
     let (read, mut writer) = stream.into_split();
     let mut lines = LineReader::new(BufReader::new(read));
     let (reply, mut replies) = mpsc::channel::<WireEvent>(64);
@@ -72,7 +77,15 @@ async fn connection(stream: UnixStream, commands: mpsc::Sender<Command>, mut eve
                 Ok(Some(Line::Text(line))) if line.trim().is_empty() => {}
                 Ok(Some(Line::Text(line))) => match parse_request(&line) {
                     Ok(request) => {
-                        if commands.send(Command::Request { request, reply: reply.clone() }).await.is_err() {
+                        let id = request.id.clone();
+                        let command = Command::Request { request, reply: Reply::Connection(reply.clone()) };
+                        let sent = match commands.upgrade() {
+                            Some(commands) => commands.send(command).await.is_ok(),
+                            None => false,
+                        };
+                        if !sent {
+                            let e = error(ErrorCode::NotRunning, "the pod has stopped", id);
+                            let _ = write(&mut writer, &e).await;
                             return;
                         }
                     }

@@ -22,8 +22,8 @@
 //! broken JSON). `delay_ms` waits before the first delta; `chunk_delay_ms`
 //! between deltas.
 
+use parking_lot::Mutex;
 use std::path::Path;
-use std::sync::Mutex;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -118,7 +118,7 @@ impl Scripted {
 
     /// How many turns have been played.
     pub fn played(&self) -> usize {
-        *self.next.lock().unwrap()
+        *self.next.lock()
     }
 
     fn expand(&self, text: &str) -> String {
@@ -153,7 +153,7 @@ impl Provider for Scripted {
         sink: &mut DeltaSink<'_>,
     ) -> Result<ModelResponse, ProviderError> {
         let turn = {
-            let mut next = self.next.lock().unwrap();
+            let mut next = self.next.lock();
             let turn = self.turns.get(*next).cloned();
             *next += 1;
             turn

@@ -3,7 +3,7 @@
 
 mod context;
 mod log;
-pub mod pods;
+mod pods;
 mod state;
 
 impl super::bindings::types::Host for super::call::CallState {}

@@ -4,89 +4,11 @@
 
 use std::path::PathBuf;
 
+use crate::lifecycle::Lifecycle;
 use crate::plugin::bindings::{WitPermission, pods, types::ToolError as WitToolError};
 use crate::plugin::call::CallState;
-use crate::scope::{Permission, Rule, RuleSpec};
-
-/// What the model asked `spawn` for.
-#[derive(Clone, Debug)]
-pub struct SpawnRequest {
-    /// The child's name, relative to the caller.
-    pub name: String,
-    /// The child's first run.
-    pub task: String,
-    /// The child's allow rules (targets may be relative to the caller's
-    /// working directory).
-    pub scope: Vec<RuleSpec>,
-    /// Extra system-prompt text.
-    pub instruction: Option<String>,
-    /// Another model of the caller's provider.
-    pub model: Option<String>,
-}
-
-/// Where a pod is in its life.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ChildState {
-    /// A run is going on.
-    Running,
-    /// Waiting for a message.
-    Idle,
-    /// Waiting for an approval.
-    Paused,
-    /// Shut down.
-    Stopped,
-}
-
-/// New output of a child since the caller's last read.
-#[derive(Clone, Debug)]
-pub struct ChildOutput {
-    /// The text.
-    pub text: String,
-    /// Bytes produced but no longer kept.
-    pub dropped: u64,
-    /// The child's state now.
-    pub state: ChildState,
-}
-
-/// One descendant, as its ancestor sees it.
-#[derive(Clone, Debug)]
-pub struct ChildSummary {
-    /// Name relative to the caller.
-    pub name: String,
-    /// State.
-    pub state: ChildState,
-    /// Allow rules.
-    pub scope: Vec<Rule>,
-}
-
-/// Why an orchestration request was refused; the message is for the model.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Refusal {
-    /// The request makes no sense.
-    InvalidInput(String),
-    /// The request asks for more than the caller has.
-    PermissionDenied(String),
-    /// No such pod (among the caller's descendants).
-    NotFound(String),
-    /// Anything else (the pod is busy, the host failed).
-    Failed(String),
-}
-
-/// The pod layer's side of `yoi:plugin/pods`, acting for the pod named
-/// `caller`.
-#[async_trait::async_trait]
-pub trait PodControl: Send + Sync {
-    /// Starts a child of `caller`.
-    async fn spawn(&self, caller: &str, request: SpawnRequest) -> Result<String, Refusal>;
-    /// Starts a run of a descendant.
-    async fn send(&self, caller: &str, name: &str, message: String) -> Result<String, Refusal>;
-    /// A descendant's new output.
-    async fn read_output(&self, caller: &str, name: &str) -> Result<ChildOutput, Refusal>;
-    /// Stops a descendant and its own descendants.
-    async fn stop(&self, caller: &str, name: &str) -> Result<String, Refusal>;
-    /// The caller's descendants.
-    async fn list(&self, caller: &str) -> Vec<ChildSummary>;
-}
+use crate::plugin::pod_context::{PodControl, Refusal, SpawnRequest};
+use crate::scope::{Permission, RuleSpec};
 
 fn wit_error(refusal: Refusal) -> WitToolError {
     match refusal {
@@ -97,12 +19,12 @@ fn wit_error(refusal: Refusal) -> WitToolError {
     }
 }
 
-fn wit_state(state: ChildState) -> pods::PodState {
+fn wit_state(state: Lifecycle) -> pods::PodState {
     match state {
-        ChildState::Running => pods::PodState::Running,
-        ChildState::Idle => pods::PodState::Idle,
-        ChildState::Paused => pods::PodState::Paused,
-        ChildState::Stopped => pods::PodState::Stopped,
+        Lifecycle::Running => pods::PodState::Running,
+        Lifecycle::Idle => pods::PodState::Idle,
+        Lifecycle::Paused => pods::PodState::Paused,
+        Lifecycle::Stopping | Lifecycle::Stopped => pods::PodState::Stopped,
     }
 }
 

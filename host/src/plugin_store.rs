@@ -6,7 +6,9 @@
 //! Quotas keep one plugin from filling the host's memory.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 
 /// Longest key, in bytes.
 pub const MAX_KEY_BYTES: usize = 1024;
@@ -15,9 +17,9 @@ pub const MAX_VALUE_BYTES: usize = 1024 * 1024;
 /// Most bytes (keys plus values) one plugin may keep in one pod.
 pub const MAX_PLUGIN_BYTES: usize = 16 * 1024 * 1024;
 
-/// A pod's state: a cheap handle, clones share the same store.
+/// A pod's plugin store: a cheap handle, clones share the same store.
 #[derive(Clone, Debug, Default)]
-pub struct PodState {
+pub struct PluginStore {
     inner: Arc<Mutex<HashMap<String, Namespace>>>,
 }
 
@@ -27,15 +29,15 @@ struct Namespace {
     bytes: usize,
 }
 
-impl PodState {
+impl PluginStore {
     /// An empty store.
-    pub fn new() -> PodState {
-        PodState::default()
+    pub fn new() -> PluginStore {
+        PluginStore::default()
     }
 
     /// The value `plugin` stored under `key`.
     pub fn get(&self, plugin: &str, key: &str) -> Option<Vec<u8>> {
-        let map = self.inner.lock().unwrap();
+        let map = self.inner.lock();
         map.get(plugin)?.entries.get(key).cloned()
     }
 
@@ -47,7 +49,7 @@ impl PodState {
         if value.len() > MAX_VALUE_BYTES {
             return Err(format!("value of {} bytes exceeds the {MAX_VALUE_BYTES}-byte limit", value.len()));
         }
-        let mut map = self.inner.lock().unwrap();
+        let mut map = self.inner.lock();
         let ns = map.entry(plugin.to_string()).or_default();
         let old = ns.entries.get(key).map_or(0, |v| key.len() + v.len());
         let new_total = ns.bytes - old + key.len() + value.len();
@@ -61,7 +63,7 @@ impl PodState {
 
     /// Removes a key of `plugin`.
     pub fn delete(&self, plugin: &str, key: &str) {
-        let mut map = self.inner.lock().unwrap();
+        let mut map = self.inner.lock();
         if let Some(ns) = map.get_mut(plugin)
             && let Some(v) = ns.entries.remove(key)
         {
@@ -71,14 +73,14 @@ impl PodState {
 
     /// The keys of `plugin` that start with `prefix`, sorted.
     pub fn keys(&self, plugin: &str, prefix: &str) -> Vec<String> {
-        let map = self.inner.lock().unwrap();
+        let map = self.inner.lock();
         let Some(ns) = map.get(plugin) else { return Vec::new() };
         ns.entries.range(prefix.to_string()..).map(|(k, _)| k).take_while(|k| k.starts_with(prefix)).cloned().collect()
     }
 
     /// Every entry of `plugin`, for the host to inspect.
     pub fn entries(&self, plugin: &str) -> BTreeMap<String, Vec<u8>> {
-        let map = self.inner.lock().unwrap();
+        let map = self.inner.lock();
         map.get(plugin).map(|ns| ns.entries.clone()).unwrap_or_default()
     }
 }
@@ -89,7 +91,7 @@ mod tests {
 
     #[test]
     fn plugins_do_not_see_each_others_keys() {
-        let state = PodState::new();
+        let state = PluginStore::new();
         state.set("a", "k", b"1".to_vec()).unwrap();
         assert_eq!(state.get("a", "k"), Some(b"1".to_vec()));
         assert_eq!(state.get("b", "k"), None);
@@ -98,7 +100,7 @@ mod tests {
 
     #[test]
     fn keys_are_listed_by_prefix_in_order() {
-        let state = PodState::new();
+        let state = PluginStore::new();
         for k in ["read:/b", "read:/a", "other", "read"] {
             state.set("p", k, vec![]).unwrap();
         }
@@ -109,7 +111,7 @@ mod tests {
 
     #[test]
     fn quotas_hold_and_replacing_frees_space() {
-        let state = PodState::new();
+        let state = PluginStore::new();
         assert!(state.set("p", &"k".repeat(MAX_KEY_BYTES + 1), vec![]).is_err());
         assert!(state.set("p", "k", vec![0; MAX_VALUE_BYTES + 1]).is_err());
         let n = MAX_PLUGIN_BYTES / MAX_VALUE_BYTES;

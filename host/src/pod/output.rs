@@ -1,19 +1,16 @@
-//! What other pods may see of a pod without asking its controller: its
-//! state, and the assistant text it has produced (the tail of it), which
-//! `ReadPodOutput` reads with a cursor per reader.
+//! The assistant text a pod has produced (the tail of it), which other pods
+//! read without asking its controller: `ReadPodOutput` reads it with a
+//! cursor per reader. (The pod's state is its lifecycle, published by the
+//! controller; see [`crate::lifecycle`].)
 
-use std::sync::Mutex;
-
-use super::State;
+use parking_lot::Mutex;
 
 /// How much assistant text a pod keeps for its readers.
 pub const KEPT_OUTPUT_BYTES: usize = 1 << 20;
 
-/// A pod's state and output.
+/// The kept tail of a pod's assistant text.
 #[derive(Debug, Default)]
-pub struct Progress {
-    /// `None` once the pod has stopped.
-    state: Mutex<Option<State>>,
+pub struct OutputTail {
     output: Mutex<Output>,
 }
 
@@ -31,19 +28,10 @@ impl Output {
     }
 }
 
-impl Progress {
-    /// The state, or `None` once stopped.
-    pub fn state(&self) -> Option<State> {
-        *self.state.lock().unwrap()
-    }
-
-    pub(super) fn set_state(&self, state: Option<State>) {
-        *self.state.lock().unwrap() = state;
-    }
-
+impl OutputTail {
     /// Appends streamed assistant text.
     pub(super) fn push_text(&self, text: &str) {
-        let mut output = self.output.lock().unwrap();
+        let mut output = self.output.lock();
         output.text.push_str(text);
         if output.text.len() > KEPT_OUTPUT_BYTES {
             let mut cut = output.text.len() - KEPT_OUTPUT_BYTES;
@@ -58,7 +46,7 @@ impl Progress {
     /// Separates one assistant message from the next.
     pub(super) fn end_message(&self) {
         let ends_open = {
-            let output = self.output.lock().unwrap();
+            let output = self.output.lock();
             !output.text.is_empty() && !output.text.ends_with("\n\n")
         };
         if ends_open {
@@ -70,7 +58,7 @@ impl Progress {
     /// ever written): the text, how many bytes before it are gone, and the
     /// cursor for the next read.
     pub fn read(&self, cursor: u64, max: usize) -> (String, u64, u64) {
-        let output = self.output.lock().unwrap();
+        let output = self.output.lock();
         let start = cursor.max(output.dropped);
         let dropped = start - cursor;
         let from = (start - output.dropped) as usize;
@@ -84,7 +72,7 @@ impl Progress {
 
     /// Bytes written since `cursor`.
     pub fn unread(&self, cursor: u64) -> u64 {
-        self.output.lock().unwrap().end().saturating_sub(cursor)
+        self.output.lock().end().saturating_sub(cursor)
     }
 }
 
@@ -94,7 +82,7 @@ mod tests {
 
     #[test]
     fn reads_continue_where_the_last_one_ended_and_report_what_was_dropped() {
-        let p = Progress::default();
+        let p = OutputTail::default();
         p.push_text("first ");
         p.push_text("run");
         p.end_message();

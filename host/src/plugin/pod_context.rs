@@ -1,0 +1,156 @@
+//! The calling pod, as the plugin layer sees it: its name, scope, limits,
+//! plugin store and grants ([`PodContext`]), and the pod layer's side of
+//! `yoi:plugin/pods` ([`PodControl`]). The plugin layer knows pods only
+//! through this module; the pod layer implements it.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::RwLock;
+
+use super::capabilities::Grants;
+use crate::lifecycle::Lifecycle;
+use crate::plugin_store::PluginStore;
+use crate::scope::{Rule, RuleSpec, Scope};
+
+/// Limits of one call, from the pod's manifest.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CallLimits {
+    /// Wall-clock deadline.
+    pub timeout: Duration,
+    /// Linear memory cap, in bytes.
+    pub memory_bytes: u64,
+    /// Cap on the content handed back to the model, in bytes.
+    pub output_max_bytes: usize,
+}
+
+impl Default for CallLimits {
+    fn default() -> Self {
+        CallLimits { timeout: Duration::from_secs(30), memory_bytes: 256 << 20, output_max_bytes: 16 * 1024 }
+    }
+}
+
+/// The calling pod, as a plugin call needs it.
+pub struct PodContext {
+    /// The pod's name.
+    pub name: String,
+    /// The pod's working directory (absolute).
+    pub working_dir: PathBuf,
+    /// The pod's current effective scope; it changes while the pod lends part
+    /// of it to child pods, and each call takes the scope of its start.
+    scope: RwLock<Arc<Scope>>,
+    /// Limits for each call.
+    pub limits: CallLimits,
+    /// The pod's plugin store (what plugins keep between calls).
+    pub state: PluginStore,
+    /// Child pods, when the pod is served by a host that runs them.
+    pub control: Option<Arc<dyn PodControl>>,
+    /// What each plugin may use beyond the scope, by plugin name.
+    pub grants: Grants,
+}
+
+impl std::fmt::Debug for PodContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PodContext").field("name", &self.name).field("scope", &self.scope()).finish_non_exhaustive()
+    }
+}
+
+impl PodContext {
+    /// A context for the pod `name` with `scope`; no child pods.
+    pub fn new(name: &str, working_dir: PathBuf, scope: Scope, limits: CallLimits) -> PodContext {
+        PodContext {
+            name: name.to_string(),
+            working_dir,
+            scope: RwLock::new(Arc::new(scope)),
+            limits,
+            state: PluginStore::new(),
+            control: None,
+            grants: Grants::new(),
+        }
+    }
+
+    /// A context with no scope at all, used to ask plugins to describe
+    /// themselves.
+    pub fn detached() -> PodContext {
+        let limits = CallLimits { timeout: Duration::from_secs(10), ..CallLimits::default() };
+        PodContext::new("", PathBuf::from("/"), Scope::default(), limits)
+    }
+
+    /// The effective scope now.
+    pub fn scope(&self) -> Arc<Scope> {
+        self.scope.read().clone()
+    }
+
+    /// Replaces the effective scope; calls that start later see it.
+    pub fn set_scope(&self, scope: Scope) {
+        *self.scope.write() = Arc::new(scope);
+    }
+}
+
+/// What the model asked `spawn` for.
+#[derive(Clone, Debug)]
+pub struct SpawnRequest {
+    /// The child's name, relative to the caller.
+    pub name: String,
+    /// The child's first run.
+    pub task: String,
+    /// The child's allow rules (targets may be relative to the caller's
+    /// working directory).
+    pub scope: Vec<RuleSpec>,
+    /// Extra system-prompt text.
+    pub instruction: Option<String>,
+    /// Another model of the caller's provider.
+    pub model: Option<String>,
+}
+
+/// New output of a child since the caller's last read.
+#[derive(Clone, Debug)]
+pub struct ChildOutput {
+    /// The text.
+    pub text: String,
+    /// Bytes produced but no longer kept.
+    pub dropped: u64,
+    /// The child's state now.
+    pub state: Lifecycle,
+}
+
+/// One descendant, as its ancestor sees it.
+#[derive(Clone, Debug)]
+pub struct ChildSummary {
+    /// Name relative to the caller.
+    pub name: String,
+    /// State.
+    pub state: Lifecycle,
+    /// Allow rules.
+    pub scope: Vec<Rule>,
+}
+
+/// Why an orchestration request was refused; the message is for the model.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// The request makes no sense.
+    InvalidInput(String),
+    /// The request asks for more than the caller has.
+    PermissionDenied(String),
+    /// No such pod (among the caller's descendants).
+    NotFound(String),
+    /// Anything else (the pod is busy, the host failed).
+    Failed(String),
+}
+
+/// The pod layer's side of `yoi:plugin/pods`, acting for the pod named
+/// `caller`.
+#[async_trait::async_trait]
+pub trait PodControl: Send + Sync {
+    /// Starts a child of `caller`.
+    async fn spawn(&self, caller: &str, request: SpawnRequest) -> Result<String, Refusal>;
+    /// Starts a run of a descendant.
+    async fn send(&self, caller: &str, name: &str, message: String) -> Result<String, Refusal>;
+    /// A descendant's new output.
+    async fn read_output(&self, caller: &str, name: &str) -> Result<ChildOutput, Refusal>;
+    /// Stops a descendant and its own descendants.
+    async fn stop(&self, caller: &str, name: &str) -> Result<String, Refusal>;
+    /// The caller's descendants.
+    async fn list(&self, caller: &str) -> Vec<ChildSummary>;
+}
