@@ -500,3 +500,35 @@ async fn write_scopes_of_live_pods_never_overlap_across_processes() {
     assert!(after.status.success(), "{}", String::from_utf8_lossy(&after.stderr));
     assert!(lock.claims().unwrap().is_empty(), "all claims are gone");
 }
+
+/// SIGTERM and SIGHUP take the shutdown path in a real `yoi-host run`: the
+/// run is cancelled and logged, the scope claim released and the runtime
+/// dir removed, and the process exits cleanly.
+#[tokio::test]
+async fn sigterm_and_sighup_shut_the_pod_down_cleanly() {
+    for signal in ["TERM", "HUP"] {
+        let setup = Setup::new("signalled", json!([{"delay_ms": 60000, "text": "never"}]), "");
+        let home = setup.process_home();
+        let (mut process, socket) = setup.serve_in_process(&setup.manifest(), "signalled").await;
+        let mut c = Client::connect(&socket).await;
+        c.send(json!({"method": "run", "input": "wait for me"})).await;
+        c.expect("run_start").await;
+        let lock = ScopeLock::new(home.join("run/scope.lock"));
+        assert_eq!(lock.claims().unwrap().len(), 1);
+
+        let pid = process.id().to_string();
+        assert!(std::process::Command::new("kill").args([&format!("-{signal}"), &pid]).status().unwrap().success());
+        assert_eq!(c.expect("run_end").await["outcome"], "cancelled", "SIG{signal}");
+        c.expect("shutdown").await;
+        let status = process.wait().unwrap();
+        assert!(status.success(), "SIG{signal}: {status:?}");
+        assert!(!setup.runtime_root().join("signalled").exists(), "SIG{signal}: runtime dir removed");
+        assert!(lock.claims().unwrap().is_empty(), "SIG{signal}: claim released");
+        let sessions = SessionStore::new(home.join("sessions"));
+        let text = std::fs::read_to_string(
+            home.join("sessions").join(format!("{}.jsonl", sessions.resolve("latest", "signalled").unwrap())),
+        )
+        .unwrap();
+        assert!(text.contains("wait for me") && text.contains(r#""outcome":"cancelled""#), "SIG{signal}: {text}");
+    }
+}

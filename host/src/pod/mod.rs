@@ -332,6 +332,16 @@ pub struct PodView {
     family: Weak<Family>,
 }
 
+impl std::fmt::Debug for PodView {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pod")
+            .field("name", &self.namespace.qualify(&self.name))
+            .field("id", &self.id)
+            .field("lifecycle", &self.lifecycle())
+            .finish()
+    }
+}
+
 impl PodView {
     /// The pod's state now.
     pub fn lifecycle(&self) -> Lifecycle {
@@ -377,7 +387,7 @@ impl PodView {
 /// A running pod. The pod serves while any handle to it lives (or, for a
 /// child pod, while its family holds it); dropping the last one shuts it
 /// down.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct PodHandle {
     commands: mpsc::Sender<Command>,
     view: Arc<PodView>,
@@ -413,7 +423,7 @@ impl PodHandle {
 }
 
 /// A pod, without keeping it alive.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct WeakPod {
     commands: mpsc::WeakSender<Command>,
     view: Arc<PodView>,

@@ -1,0 +1,267 @@
+//! Many pods in one process: pod identity and namespaces, the lifecycle
+//! every view reads, an honest actor (a stopped pod says so), the last
+//! handle ending a pod, and a fault in one pod leaving the others serving.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::Sandbox;
+use serde_json::{Value, json};
+use tokio::sync::broadcast;
+use yoi_host::identity::Namespace;
+use yoi_host::lifecycle::Lifecycle;
+use yoi_host::manifest::LoadedManifest;
+use yoi_host::plugin::PluginHost;
+use yoi_host::pod::{Answer, Exposure, PodError, PodHandle, PodSpec, start};
+use yoi_host::protocol::{ErrorCode, Method, WireEvent};
+use yoi_host::provider::{DeltaSink, ModelRequest, ModelResponse, Provider, ProviderError, RetryPolicy, scripted};
+use yoi_host::scope_lock::ScopeLock;
+use yoi_host::session::SessionStore;
+
+/// A model whose every request hits a bug in the host: it panics.
+struct Faulty;
+
+#[async_trait::async_trait]
+impl Provider for Faulty {
+    fn name(&self) -> &'static str {
+        "faulty"
+    }
+
+    fn model(&self) -> &str {
+        "faulty"
+    }
+
+    async fn stream(&self, _: &ModelRequest<'_>, _: &mut DeltaSink<'_>) -> Result<ModelResponse, ProviderError> {
+        panic!("injected fault");
+    }
+}
+
+/// One process's roots (sessions, runtime dirs, data, the scope lock) and
+/// its plugins, shared by the pods a test starts.
+struct Host {
+    sb: Sandbox,
+    plugins: Arc<PluginHost>,
+}
+
+impl Host {
+    async fn new() -> Host {
+        Host { sb: Sandbox::new(), plugins: Arc::new(common::host_with(&[]).await) }
+    }
+
+    fn run_root(&self) -> PathBuf {
+        self.sb.root.join("run")
+    }
+
+    fn lock(&self) -> ScopeLock {
+        ScopeLock::new(self.sb.root.join("run/scope.lock"))
+    }
+
+    /// A pod named `name` writing in `dir`, playing `turns` (or a faulty
+    /// model).
+    async fn start(
+        &self,
+        namespace: &Namespace,
+        name: &str,
+        dir: &str,
+        turns: Option<Value>,
+        exposure: Exposure,
+    ) -> anyhow::Result<PodHandle> {
+        let work = self.sb.dir(dir);
+        let toml = format!(
+            "[pod]\nname = \"{name}\"\n[provider]\nkind = \"scripted\"\nmodel = \"m\"\nscript = \"s.json\"\n\
+             [[scope.allow]]\ntarget = \"{}\"\npermission = \"write\"\n",
+            work.display()
+        );
+        let manifest = self.sb.file(&format!("{dir}.toml"), &toml);
+        let loaded = LoadedManifest::load(&manifest)?;
+        let provider: Arc<dyn Provider> = match turns {
+            Some(turns) => {
+                let script = serde_json::from_value(json!({ "turns": turns }))?;
+                Arc::new(scripted::Scripted::new("m", script, &work))
+            }
+            None => Arc::new(Faulty),
+        };
+        start(PodSpec {
+            manifest: loaded,
+            plugins: self.plugins.clone(),
+            provider: Some(provider),
+            retry: RetryPolicy::default(),
+            sessions: SessionStore::new(self.sb.root.join("sessions")),
+            runtime_root: self.run_root(),
+            resume: None,
+            scope_lock: self.lock(),
+            data_root: self.sb.root.join("data"),
+            namespace: namespace.clone(),
+            exposure,
+        })
+        .await
+    }
+}
+
+/// Waits for the next event of type `kind`.
+async fn expect(events: &mut broadcast::Receiver<WireEvent>, kind: &str) -> Value {
+    loop {
+        let event = tokio::time::timeout(Duration::from_secs(30), events.recv())
+            .await
+            .unwrap_or_else(|_| panic!("no {kind} event"))
+            .unwrap();
+        let value = serde_json::to_value(&event).unwrap();
+        if value["type"] == kind {
+            return value;
+        }
+    }
+}
+
+async fn run_to_end(pod: &PodHandle, input: &str) -> Value {
+    let mut events = pod.subscribe();
+    assert_eq!(pod.request(Method::Run { input: input.into() }).await.unwrap(), Answer::Accepted);
+    expect(&mut events, "run_end").await
+}
+
+fn status_state(dir: &Path) -> String {
+    let text = std::fs::read_to_string(dir.join("status.json")).unwrap();
+    serde_json::from_str::<Value>(&text).unwrap()["state"].as_str().unwrap().to_string()
+}
+
+/// A panic inside one pod's run ends that pod with an `internal` error and
+/// releases its runtime dir and claim; a pod beside it keeps serving, and
+/// the stopped pod answers every request with an error naming it.
+#[tokio::test]
+async fn a_fault_in_one_pod_ends_only_that_pod() {
+    let host = Host::new().await;
+    let ns = Namespace::operator();
+    let faulty = host.start(&ns, "faulty", "a", None, Exposure::Socket).await.unwrap();
+    let steady = host.start(&ns, "steady", "b", Some(json!([{"text": "one"}, {"text": "two"}])), Exposure::Socket);
+    let steady = steady.await.unwrap();
+    assert_eq!(host.lock().claims().unwrap().len(), 2);
+
+    let mut events = faulty.subscribe();
+    assert_eq!(faulty.request(Method::Run { input: "go".into() }).await.unwrap(), Answer::Accepted);
+    let error = expect(&mut events, "error").await;
+    assert_eq!(error["code"], "internal", "{error}");
+    let message = error["message"].as_str().unwrap();
+    assert!(message.contains("\"faulty\"") && message.contains("injected fault"), "{message}");
+    expect(&mut events, "shutdown").await;
+    faulty.wait().await;
+    assert_eq!(faulty.lifecycle(), Lifecycle::Stopped);
+    assert!(!host.run_root().join("faulty").exists(), "its runtime dir is removed");
+    let claims = host.lock().claims().unwrap();
+    assert_eq!(claims.iter().map(|c| c.pod.as_str()).collect::<Vec<_>>(), ["steady"]);
+    let refused = faulty.request(Method::GetHistory {}).await.unwrap_err();
+    assert_eq!(refused, PodError::Stopped("faulty".into()));
+    assert_eq!(refused.to_string(), "pod \"faulty\" has stopped");
+    assert!(faulty.notify("hello".into()).await.is_err());
+
+    // The other pod has noticed nothing.
+    assert_eq!(run_to_end(&steady, "first").await["outcome"], "finished");
+    assert_eq!(run_to_end(&steady, "second").await["outcome"], "finished");
+    let Answer::History { items, greeting } = steady.request(Method::GetHistory {}).await.unwrap() else {
+        panic!("no history")
+    };
+    assert_eq!(items.len(), 4);
+    assert_eq!(greeting.state, "idle");
+    steady.request(Method::Shutdown { detach_children: false }).await.unwrap();
+    steady.wait().await;
+}
+
+/// A pod lives while a handle to it does: dropping the last one shuts it
+/// down and releases everything, like a shutdown request.
+#[tokio::test]
+async fn dropping_the_last_handle_shuts_the_pod_down() {
+    let host = Host::new().await;
+    let pod = host.start(&Namespace::operator(), "solo", "a", Some(json!([])), Exposure::HostOnly).await.unwrap();
+    assert!(pod.socket.is_none());
+    assert!(!host.run_root().join("solo").exists(), "a host-only pod has no runtime dir");
+    let weak = pod.downgrade();
+    let second = pod.clone();
+    drop(pod);
+    assert!(weak.upgrade().is_ok(), "one handle is left");
+    drop(second);
+    tokio::time::timeout(Duration::from_secs(10), weak.wait()).await.expect("the pod stops");
+    assert_eq!(weak.lifecycle(), Lifecycle::Stopped);
+    assert!(weak.upgrade().is_err());
+    assert!(host.lock().claims().unwrap().is_empty());
+}
+
+/// Two tenants' pods may share a name: their runtime dirs, sessions and
+/// scope claims are their own, and stopping one leaves the other's alone.
+#[tokio::test]
+async fn pods_named_alike_in_two_namespaces_do_not_collide() {
+    let host = Host::new().await;
+    let acme = Namespace::named("acme").unwrap();
+    let globex = Namespace::named("globex").unwrap();
+    let turns = json!([{"text": "hello"}]);
+    let a = host.start(&acme, "coder", "acme-work", Some(turns.clone()), Exposure::Socket).await.unwrap();
+    let b = host.start(&globex, "coder", "globex-work", Some(turns), Exposure::Socket).await.unwrap();
+    assert_ne!(a.id, b.id);
+    let (dir_a, dir_b) = (host.run_root().join("@acme/coder"), host.run_root().join("@globex/coder"));
+    assert_eq!(a.socket.as_deref(), Some(dir_a.join("sock").as_path()));
+    assert_eq!(b.socket.as_deref(), Some(dir_b.join("sock").as_path()));
+    let mut claims: Vec<String> = host.lock().claims().unwrap().into_iter().map(|c| c.pod).collect();
+    claims.sort();
+    assert_eq!(claims, ["acme/coder", "globex/coder"]);
+
+    // A third "coder" in acme is the one that collides.
+    let err = host.start(&acme, "coder", "acme-other", Some(json!([])), Exposure::Socket).await.unwrap_err();
+    assert!(err.to_string().contains("already running"), "{err}");
+
+    assert_eq!(run_to_end(&a, "hi").await["outcome"], "finished");
+    let sessions = SessionStore::new(host.sb.root.join("sessions"));
+    let in_acme = sessions.within(&acme).resolve("latest", "coder").unwrap();
+    let in_globex = sessions.within(&globex).resolve("latest", "coder").unwrap();
+    assert_ne!(in_acme, in_globex);
+    assert_eq!(sessions.within(&acme).load(&in_acme).unwrap().items.len(), 2);
+    assert!(sessions.within(&globex).load(&in_globex).unwrap().items.is_empty());
+
+    a.request(Method::Shutdown { detach_children: false }).await.unwrap();
+    a.wait().await;
+    assert!(!dir_a.exists() && dir_b.join("sock").exists());
+    let claims = host.lock().claims().unwrap();
+    assert_eq!(claims.len(), 1);
+    assert_eq!(claims[0].id, b.id.as_str());
+    b.request(Method::Shutdown { detach_children: false }).await.unwrap();
+    b.wait().await;
+}
+
+/// `status.json`, `history.json`, the greeting and the handle all show the
+/// one lifecycle the controller publishes.
+#[tokio::test]
+async fn every_view_follows_the_lifecycle() {
+    let host = Host::new().await;
+    let turns = json!([{"delay_ms": 400, "text": "slow"}]);
+    let pod = host.start(&Namespace::operator(), "views", "a", Some(turns), Exposure::Socket).await.unwrap();
+    let dir = host.run_root().join("views");
+    let mut lifecycle = pod.watch_lifecycle();
+    assert_eq!(status_state(&dir), "idle");
+    assert_eq!(std::fs::read_to_string(dir.join("history.json")).unwrap(), "[]");
+
+    let mut events = pod.subscribe();
+    pod.request(Method::Run { input: "go".into() }).await.unwrap();
+    lifecycle.wait_for(|s| *s == Lifecycle::Running).await.unwrap();
+    assert_eq!(status_state(&dir), "running");
+    let Answer::History { greeting, .. } = pod.request(Method::GetHistory {}).await.unwrap() else { panic!() };
+    assert_eq!(greeting.state, "running");
+    // A second run while busy is refused, with the protocol's code.
+    let busy = pod.request(Method::Run { input: "again".into() }).await.unwrap();
+    assert!(matches!(busy, Answer::Refused { code: ErrorCode::AlreadyRunning, .. }), "{busy:?}");
+
+    expect(&mut events, "run_end").await;
+    assert_eq!(pod.lifecycle(), Lifecycle::Idle);
+    assert_eq!(status_state(&dir), "idle");
+    let history: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("history.json")).unwrap()).unwrap();
+    assert_eq!(history, json!([{"type": "user", "text": "go"}, {"type": "assistant", "text": "slow"}]));
+
+    pod.request(Method::Shutdown { detach_children: false }).await.unwrap();
+    let mut seen = Vec::new();
+    while lifecycle.changed().await.is_ok() {
+        seen.push(*lifecycle.borrow_and_update());
+        if seen.last() == Some(&Lifecycle::Stopped) {
+            break;
+        }
+    }
+    assert_eq!(seen.last(), Some(&Lifecycle::Stopped), "{seen:?}");
+    assert!(!dir.exists());
+}
