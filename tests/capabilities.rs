@@ -101,8 +101,11 @@ fn a_pinned_digest_refuses_another_component() {
 async fn version_and_undeclared_imports_are_refused_at_load() {
     let dir = plugin_dir(&["future"]);
     std::fs::copy(guest("pod_tools"), dir.path().join("spawner.wasm")).unwrap();
-    let options =
-        yoi_host::plugin::HostOptions { cache_dir: shared_cache(), allocator: yoi_host::plugin::Allocator::Pooling };
+    let options = yoi_host::plugin::HostOptions {
+        cache_dir: shared_cache(),
+        allocator: yoi_host::plugin::Allocator::Pooling,
+        ceilings: Default::default(),
+    };
     let host = yoi_host::plugin::PluginHost::with_plugins(&options, &[dir.path().to_path_buf()]).await.unwrap();
     let error = |file: &str| {
         host.load_errors()

@@ -22,7 +22,8 @@ fn content(output: &yoi_host::plugin::ToolOutput) -> &str {
 /// `open`, reaches only what the pod's scope preopens.
 #[tokio::test]
 async fn example_plugins_in_every_language() {
-    let options = HostOptions { cache_dir: shared_cache(), allocator: Allocator::Pooling };
+    let options =
+        HostOptions { cache_dir: shared_cache(), allocator: Allocator::Pooling, ceilings: Default::default() };
     let host = PluginHost::with_plugins(&options, &[examples().to_path_buf()]).await.unwrap();
     assert!(host.load_errors().is_empty(), "{:?}", host.load_errors());
     for tool in ["CsvStats", "JsonQuery", "HttpGet"] {

@@ -163,7 +163,8 @@ async fn load_errors_name_the_file_and_others_still_load() {
     let dir = plugin_dir(&["probe", "clash", "command"]);
     std::fs::write(dir.path().join("corrupt.wasm"), b"\0asm\x0d\0\x01\0garbage").unwrap();
     std::fs::write(dir.path().join("text.wasm"), b"this is not wasm").unwrap();
-    let options = HostOptions { cache_dir: shared_cache(), allocator: Allocator::Pooling };
+    let options =
+        HostOptions { cache_dir: shared_cache(), allocator: Allocator::Pooling, ceilings: Default::default() };
     let host = PluginHost::with_plugins(&options, &[dir.path().to_path_buf()]).await.unwrap();
 
     let loaded: Vec<&str> = host.plugins().iter().map(|p| p.name()).collect();
@@ -187,7 +188,11 @@ async fn load_errors_name_the_file_and_others_still_load() {
 #[tokio::test]
 async fn warm_start_compiles_nothing() {
     let cache = tempfile::tempdir().unwrap();
-    let options = HostOptions { cache_dir: cache.path().to_path_buf(), allocator: Allocator::Pooling };
+    let options = HostOptions {
+        cache_dir: cache.path().to_path_buf(),
+        allocator: Allocator::Pooling,
+        ceilings: Default::default(),
+    };
     let load = || async {
         let mut host = PluginHost::new(&options).unwrap();
         host.load(PluginSource::from_file(&guest("probe")).unwrap()).await.unwrap();

@@ -156,7 +156,7 @@ fn main() {
 
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let cache = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench-cache");
-    let options = HostOptions { cache_dir: cache, allocator: Allocator::Pooling };
+    let options = HostOptions { cache_dir: cache, allocator: Allocator::Pooling, ceilings: Default::default() };
     let host = rt.block_on(PluginHost::with_plugins(&options, &[])).unwrap();
     let rule = RuleSpec { target: root.clone(), permission: Permission::Write, recursive: true };
     let pod = Arc::new(PodContext::new(

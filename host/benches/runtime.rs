@@ -103,7 +103,7 @@ async fn instantiate(allocator: Allocator, rounds: usize) -> (Duration, Duration
 /// p50/p99 of a whole trivial call through the host.
 async fn trivial_call(allocator: Allocator, rounds: usize) -> (Duration, Duration) {
     let cache = tempfile::tempdir().unwrap();
-    let options = HostOptions { cache_dir: cache.path().to_path_buf(), allocator };
+    let options = HostOptions { cache_dir: cache.path().to_path_buf(), allocator, ceilings: Default::default() };
     let mut host = PluginHost::new(&options).unwrap();
     host.load(PluginSource::from_file(&guest("probe")).unwrap()).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
@@ -182,7 +182,11 @@ async fn languages() {
     println!("| component | size | cold compile | cache load | call p50 | call p99 | p50 vs Rust starter |");
     println!("|---|---|---|---|---|---|---|");
     let cache = tempfile::tempdir().unwrap();
-    let options = HostOptions { cache_dir: cache.path().to_path_buf(), allocator: Allocator::Pooling };
+    let options = HostOptions {
+        cache_dir: cache.path().to_path_buf(),
+        allocator: Allocator::Pooling,
+        ceilings: Default::default(),
+    };
     let mut host = PluginHost::new(&options).unwrap();
     let mut baseline = None;
     for (label, path, tool, input) in &rows {

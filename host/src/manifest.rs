@@ -197,7 +197,7 @@ fn default_max_turns() -> u32 {
 }
 
 fn default_tool_output_max_bytes() -> usize {
-    16 * 1024
+    CallLimits::DEFAULT.output_max_bytes
 }
 
 /// `[scope]`
@@ -216,30 +216,64 @@ pub struct ScopeSection {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LimitsSection {
-    /// Wall-clock deadline of one tool call, in milliseconds.
+    /// Wall-clock deadline of one tool call, in milliseconds (waiting for
+    /// a free slot counts).
     #[serde(default = "default_tool_timeout_ms")]
     pub tool_timeout_ms: u64,
     /// Linear memory cap of one tool call, in MiB.
     #[serde(default = "default_tool_memory_mb")]
     pub tool_memory_mb: u64,
+    /// Tool calls of this pod running at once; more wait their turn.
+    #[serde(default = "default_concurrent_tool_calls")]
+    pub concurrent_tool_calls: usize,
+    /// Live child pods this pod may have at once.
+    #[serde(default = "default_max_children")]
+    pub max_children: usize,
+    /// Deepest a tree of pods may grow below an operator's pod (1: children
+    /// only, no grandchildren).
+    #[serde(default = "default_max_depth")]
+    pub max_depth: usize,
 }
 
 impl Default for LimitsSection {
     fn default() -> Self {
-        LimitsSection { tool_timeout_ms: default_tool_timeout_ms(), tool_memory_mb: default_tool_memory_mb() }
+        LimitsSection {
+            tool_timeout_ms: default_tool_timeout_ms(),
+            tool_memory_mb: default_tool_memory_mb(),
+            concurrent_tool_calls: default_concurrent_tool_calls(),
+            max_children: default_max_children(),
+            max_depth: default_max_depth(),
+        }
     }
 }
 
+// The per-call defaults are `CallLimits::DEFAULT`'s, written once there.
 fn default_tool_timeout_ms() -> u64 {
-    30_000
+    CallLimits::DEFAULT.timeout.as_millis() as u64
 }
 
 fn default_tool_memory_mb() -> u64 {
-    256
+    CallLimits::DEFAULT.memory_bytes >> 20
 }
 
-/// The largest memory cap a manifest may ask for, in MiB.
-pub const MAX_TOOL_MEMORY_MB: u64 = 4096;
+fn default_concurrent_tool_calls() -> usize {
+    CallLimits::DEFAULT.concurrent_calls
+}
+
+fn default_max_children() -> usize {
+    8
+}
+
+fn default_max_depth() -> usize {
+    3
+}
+
+/// The largest memory cap a manifest may ask for, in MiB (what the engine
+/// reserves per instance; a host may set a lower ceiling).
+pub const MAX_TOOL_MEMORY_MB: u64 = (crate::plugin::engine::MAX_MEMORY_BYTES >> 20) as u64;
+
+/// The most concurrent tool calls a manifest may ask for.
+pub const MAX_CONCURRENT_TOOL_CALLS: usize = 64;
 
 /// A manifest read from disk, validated, with its scope resolved.
 #[derive(Clone, Debug)]
@@ -287,6 +321,12 @@ impl Manifest {
         }
         if limits.tool_memory_mb == 0 || limits.tool_memory_mb > MAX_TOOL_MEMORY_MB {
             bail!("key `limits.tool_memory_mb`: must be between 1 and {MAX_TOOL_MEMORY_MB}");
+        }
+        if limits.concurrent_tool_calls == 0 || limits.concurrent_tool_calls > MAX_CONCURRENT_TOOL_CALLS {
+            bail!("key `limits.concurrent_tool_calls`: must be between 1 and {MAX_CONCURRENT_TOOL_CALLS}");
+        }
+        if limits.max_depth == 0 {
+            bail!("key `limits.max_depth`: must be at least 1 (use max_children = 0 for no children)");
         }
         if self.agent.tool_output_max_bytes < 256 {
             bail!("key `agent.tool_output_max_bytes`: must be at least 256");
@@ -336,6 +376,7 @@ impl Manifest {
             timeout: Duration::from_millis(self.limits.tool_timeout_ms),
             memory_bytes: self.limits.tool_memory_mb * 1024 * 1024,
             output_max_bytes: self.agent.tool_output_max_bytes,
+            concurrent_calls: self.limits.concurrent_tool_calls,
         }
     }
 }

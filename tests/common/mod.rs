@@ -40,7 +40,8 @@ pub fn plugin_dir(names: &[&str]) -> tempfile::TempDir {
 /// A host with the builtin plugins and the named test components.
 pub async fn host_with(names: &[&str]) -> PluginHost {
     let dir = plugin_dir(names);
-    let options = HostOptions { cache_dir: shared_cache(), allocator: Allocator::Pooling };
+    let options =
+        HostOptions { cache_dir: shared_cache(), allocator: Allocator::Pooling, ceilings: Default::default() };
     PluginHost::with_plugins(&options, &[dir.path().to_path_buf()]).await.unwrap()
 }
 
@@ -107,7 +108,8 @@ pub async fn start_pod(
     let section = loaded.manifest.provider.clone().expect("a [provider] section");
     let name = loaded.manifest.pod.name.clone();
     let provider: Arc<dyn Provider> = Arc::from(from_manifest(&section, base, &loaded.working_dir, &name, &|_| None)?);
-    let options = HostOptions { cache_dir: shared_cache(), allocator: Allocator::Pooling };
+    let options =
+        HostOptions { cache_dir: shared_cache(), allocator: Allocator::Pooling, ceilings: Default::default() };
     let plugins = Arc::new(PluginHost::with_plugins(&options, plugin_dirs).await?);
     start(PodSpec {
         manifest: loaded,

@@ -198,7 +198,8 @@ pub(crate) async fn plugin_host(dirs: &PluginDirs) -> anyhow::Result<PluginHost>
         }
     }
     let home = Home::from_env()?;
-    let options = HostOptions { cache_dir: home.cache_dir(), allocator: Allocator::Pooling };
+    let options =
+        HostOptions { cache_dir: home.cache_dir(), allocator: Allocator::Pooling, ceilings: Default::default() };
     PluginHost::with_plugins(&options, &dirs.dirs).await
 }
 

@@ -93,19 +93,21 @@ impl std::fmt::Display for PluginLabel {
     }
 }
 
-/// Runs `body` against a fresh instance of `pre` for `pod`, within the pod's
-/// limits, and turns every way it can fail into a [`ToolError`] naming the
-/// plugin. Dropping the returned future cancels the call at once.
+/// Runs `body` against a fresh instance of `pre` for `pod`, within
+/// `limits` and by `deadline`, and turns every way it can fail into a
+/// [`ToolError`] naming the plugin. Dropping the returned future cancels
+/// the call at once.
 pub async fn with_fresh_instance<R>(
     pre: &PluginPre<CallState>,
     label: &PluginLabel,
     pod: &Arc<PodContext>,
+    limits: CallLimits,
+    deadline: Instant,
     body: impl AsyncFnOnce(&mut Store<CallState>, &Plugin) -> wasmtime::Result<R>,
 ) -> Result<R, ToolError> {
     let stdout = Capture::default();
     let stderr = Capture::default();
     let wasi = wasi_context(pod, &label.name, &stdout, &stderr);
-    let limits = pod.limits;
     let http_policy = HttpPolicy {
         plugin: label.name.clone(),
         pod: pod.name.clone(),
@@ -122,7 +124,6 @@ pub async fn with_fresh_instance<R>(
     };
     let mut store = Store::new(pre.engine(), state);
     store.limiter(|s| &mut s.limiter);
-    let deadline = Instant::now() + limits.timeout;
     store.set_epoch_deadline(1);
     store.epoch_deadline_callback(move |_| {
         if Instant::now() >= deadline {

@@ -14,6 +14,7 @@
 //! the others still load; two plugins offering one tool name is a load error
 //! naming both.
 
+pub mod admission;
 mod bindings;
 pub mod cache;
 mod call;
@@ -24,16 +25,19 @@ mod network;
 mod output;
 pub mod pod_context;
 mod result;
+pub mod workers;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Instant;
 
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use wasmtime::Engine;
 use wasmtime::component::{HasSelf, Linker};
 
+use admission::Admission;
 use bindings::{Plugin, PluginPre};
 use cache::{CacheOutcome, ComponentCache};
 use call::{CallState, PluginLabel, with_fresh_instance};
@@ -41,8 +45,12 @@ pub use capabilities::{Declared, Grant, Granted, Grants};
 pub use engine::Allocator;
 use engine::EpochTicker;
 pub use network::{HttpAccess, OriginPattern};
-pub use pod_context::{CallLimits, ChildOutput, ChildSummary, PodContext, PodControl, Refusal, SpawnRequest};
+pub use pod_context::{CallLimits, Ceilings, ChildOutput, ChildSummary, PodContext, PodControl, Refusal, SpawnRequest};
 pub use result::{ToolError, ToolErrorKind, ToolOutput, truncate};
+use workers::Workers;
+
+/// The admission key of the host's own calls (asking a plugin to describe itself).
+const HOST_KEY: admission::PodKey = 0;
 
 /// The version of the `yoi:plugin` WIT package this host speaks.
 pub const WIT_VERSION: &str = "0.1.0";
@@ -193,11 +201,16 @@ pub struct HostOptions {
     pub cache_dir: PathBuf,
     /// How instances get their memory.
     pub allocator: Allocator,
+    /// What the operator allows any call, whatever a manifest asks.
+    pub ceilings: Ceilings,
 }
 
 /// The plugin runtime of one host: an engine, its loaded plugins and their
 /// tools.
 pub struct PluginHost {
+    admission: Arc<Admission>,
+    workers: Workers,
+    ceilings: Ceilings,
     engine: Engine,
     linker: Linker<CallState>,
     cache: ComponentCache,
@@ -216,7 +229,15 @@ impl PluginHost {
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker).map_err(|e| anyhow::anyhow!("{e:?}"))?;
         Plugin::add_to_linker::<CallState, HasSelf<CallState>>(&mut linker, |s| s)
             .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        let slots = match options.allocator {
+            Allocator::Pooling => engine::POOL_COMPONENT_INSTANCES as usize,
+            // Not bounded by a pool; bounded anyway, for memory's sake.
+            Allocator::OnDemand => 4 * engine::POOL_COMPONENT_INSTANCES as usize,
+        };
         Ok(PluginHost {
+            admission: Admission::new(slots),
+            workers: Workers::per_core()?,
+            ceilings: options.ceilings,
             _ticker: EpochTicker::start(engine.clone()),
             engine,
             linker,
@@ -277,9 +298,12 @@ impl PluginHost {
             None => Declared::default(),
         };
         let digest = hex::encode(Sha256::digest(&source.bytes));
-        let (component, cache) = self
-            .cache
-            .load_or_compile(&self.engine, &source.bytes, &digest)
+        // Compiling takes seconds for a big component: not on an async thread.
+        let (cache, engine, bytes, key) =
+            (self.cache.clone(), self.engine.clone(), source.bytes.clone(), digest.clone());
+        let (component, cache) = tokio::task::spawn_blocking(move || cache.load_or_compile(&engine, &bytes, &key))
+            .await
+            .map_err(|e| format!("compiling failed inside the host: {e}"))?
             .map_err(|e| format!("not a valid WebAssembly component: {e:#}"))?;
         let ty = component.component_type();
         let exports: Vec<&str> = ty.exports(&self.engine).map(|(name, _)| name).collect();
@@ -293,7 +317,10 @@ impl PluginHost {
         })?;
         let label = PluginLabel { name: source.name.as_str().into(), origin: source.origin.clone() };
         let detached = Arc::new(PodContext::detached());
-        let described = with_fresh_instance(&pre, &label, &detached, async |store, plugin| {
+        let limits = detached.limits;
+        let _slot = self.admission.admit(HOST_KEY).await;
+        let deadline = Instant::now() + limits.timeout;
+        let described = with_fresh_instance(&pre, &label, &detached, limits, deadline, async |store, plugin| {
             plugin.yoi_plugin_tool().call_describe(store).await
         })
         .await
@@ -387,21 +414,56 @@ impl PluginHost {
 
     /// Runs `tool` with `input` (JSON text) for `pod`, in a fresh instance.
     ///
-    /// The guest runs on the calling task and yields to the executor every
-    /// epoch tick; its filesystem calls run inline. Dropping the future
-    /// cancels the call at once.
+    /// The call waits for its turn (the pod's `concurrent_calls`, then a
+    /// slot of the instance pool, fairly across pods); the wait counts
+    /// against its deadline. It runs on the call threads ([`workers`]),
+    /// where its filesystem calls run inline; dropping the future cancels
+    /// it at once.
     pub async fn call(&self, pod: &Arc<PodContext>, tool: &str, input: &str) -> Result<ToolOutput, ToolError> {
         let plugin = self
             .plugin_for(tool)
-            .ok_or_else(|| ToolError::new(ToolErrorKind::UnknownTool, format!("there is no tool named `{tool}`")))?;
-        let result = with_fresh_instance(&plugin.pre, &plugin.label, pod, async |store, instance| {
-            instance.yoi_plugin_tool().call_call(store, tool, input).await
-        })
-        .await?;
-        match result {
-            Ok(output) => result::normalize_output(plugin.name(), output, pod.limits.output_max_bytes),
-            Err(e) => Err(e.into()),
+            .ok_or_else(|| ToolError::new(ToolErrorKind::UnknownTool, format!("there is no tool named `{tool}`")))?
+            .clone();
+        let limits = pod.limits.capped(&self.ceilings);
+        let (pod, tool, input, admission) = (pod.clone(), tool.to_string(), input.to_string(), self.admission.clone());
+        let call = async move {
+            let deadline = Instant::now() + limits.timeout;
+            let turn = async {
+                let gate = pod.calls.acquire().await;
+                // The pod's address tells its calls from other pods' (fairness only).
+                let slot = admission.admit(Arc::as_ptr(&pod) as usize).await;
+                (gate, slot)
+            };
+            let Ok((_gate, _slot)) = tokio::time::timeout_at(deadline.into(), turn).await else {
+                return Err(ToolError::new(
+                    ToolErrorKind::Timeout,
+                    format!(
+                        "{} found no free slot within its deadline of {} ms (the host is busy; try again)",
+                        plugin.label,
+                        limits.timeout.as_millis()
+                    ),
+                ));
+            };
+            let result = with_fresh_instance(&plugin.pre, &plugin.label, &pod, limits, deadline, async |store, i| {
+                i.yoi_plugin_tool().call_call(store, &tool, &input).await
+            })
+            .await?;
+            match result {
+                Ok(output) => result::normalize_output(plugin.name(), output, limits.output_max_bytes),
+                Err(e) => Err(e.into()),
+            }
+        };
+        match self.workers.spawn(call).await {
+            Ok(result) => result,
+            Err(fault) => {
+                Err(ToolError::new(ToolErrorKind::HostError, format!("the call failed inside the host: {fault}")))
+            }
         }
+    }
+
+    /// The instance pool's admission (slots in use, longest wait).
+    pub fn admission(&self) -> &Admission {
+        &self.admission
     }
 }
 

@@ -23,11 +23,49 @@ pub struct CallLimits {
     pub memory_bytes: u64,
     /// Cap on the content handed back to the model, in bytes.
     pub output_max_bytes: usize,
+    /// Calls of the pod that run at once; more wait their turn.
+    pub concurrent_calls: usize,
+}
+
+impl CallLimits {
+    /// The limits of a manifest that sets none; the manifest's defaults
+    /// are these.
+    pub const DEFAULT: CallLimits = CallLimits {
+        timeout: Duration::from_secs(30),
+        memory_bytes: 256 << 20,
+        output_max_bytes: 16 * 1024,
+        concurrent_calls: 8,
+    };
+
+    /// These limits, capped by a host's ceilings.
+    pub fn capped(self, ceilings: &Ceilings) -> CallLimits {
+        CallLimits {
+            timeout: self.timeout.min(ceilings.timeout),
+            memory_bytes: self.memory_bytes.min(ceilings.memory_bytes),
+            ..self
+        }
+    }
 }
 
 impl Default for CallLimits {
     fn default() -> Self {
-        CallLimits { timeout: Duration::from_secs(30), memory_bytes: 256 << 20, output_max_bytes: 16 * 1024 }
+        CallLimits::DEFAULT
+    }
+}
+
+/// What an operator allows any call on the host, whatever a manifest asks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ceilings {
+    /// Longest deadline of a call.
+    pub timeout: Duration,
+    /// Largest linear memory of a call, in bytes.
+    pub memory_bytes: u64,
+}
+
+impl Default for Ceilings {
+    /// As much as the engine allows: an hour, and the pool's memory slot.
+    fn default() -> Self {
+        Ceilings { timeout: Duration::from_secs(3600), memory_bytes: super::engine::MAX_MEMORY_BYTES as u64 }
     }
 }
 
@@ -48,6 +86,8 @@ pub struct PodContext {
     pub control: Option<Arc<dyn PodControl>>,
     /// What each plugin may use beyond the scope, by plugin name.
     pub grants: Grants,
+    /// Admits `limits.concurrent_calls` calls at once, in arrival order.
+    pub(super) calls: tokio::sync::Semaphore,
 }
 
 impl std::fmt::Debug for PodContext {
@@ -67,6 +107,7 @@ impl PodContext {
             state: PluginStore::new(),
             control: None,
             grants: Grants::new(),
+            calls: tokio::sync::Semaphore::new(limits.concurrent_calls.max(1)),
         }
     }
 

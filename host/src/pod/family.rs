@@ -306,6 +306,21 @@ impl Family {
         if parent.stopping {
             return Err(Refusal::Failed("this pod is stopping".into()));
         }
+        let limits = &parent.manifest.manifest.limits;
+        let live = members.values().filter(|m| m.parent.as_deref() == Some(caller) && !m.pod.is_stopped()).count();
+        if live >= limits.max_children {
+            return Err(Refusal::Failed(format!(
+                "this pod has {live} live child pods, its limit ([limits] max_children = {}); stop one first",
+                limits.max_children
+            )));
+        }
+        let depth = ancestors(&members, caller) + 1;
+        if depth > limits.max_depth {
+            return Err(Refusal::Failed(format!(
+                "a child here would be {depth} levels below the operator's pod, deeper than [limits] max_depth = {}",
+                limits.max_depth
+            )));
+        }
         let effective = parent.context.scope();
         let mut allow = Vec::new();
         for (index, spec) in request.scope.iter().enumerate() {
@@ -516,6 +531,17 @@ fn is_descendant(members: &BTreeMap<String, Member>, name: &str, ancestor: &str)
         parent = members.get(p).and_then(|m| m.parent.as_deref());
     }
     false
+}
+
+/// How many ancestors `name` has in the family.
+fn ancestors(members: &BTreeMap<String, Member>, name: &str) -> usize {
+    let mut count = 0;
+    let mut parent = members.get(name).and_then(|m| m.parent.as_deref());
+    while let Some(p) = parent {
+        count += 1;
+        parent = members.get(p).and_then(|m| m.parent.as_deref());
+    }
+    count
 }
 
 /// `name` as `ancestor` calls it.

@@ -1,0 +1,63 @@
+//! The threads tool calls run on: a runtime of their own, apart from the
+//! threads that serve sockets, provider streams and pod controllers.
+//!
+//! A guest computes on its thread until its next epoch tick, and its WASI
+//! file calls block that thread (they run inline, which is several times
+//! faster than hopping to a blocking pool). Neither may hold up a pod's
+//! socket or a provider's stream, so calls are spawned here and awaited
+//! from wherever they were asked for.
+
+use std::future::Future;
+
+use tokio::runtime::{Builder, Runtime};
+use tokio_util::task::AbortOnDropHandle;
+
+/// The call runtime; shut down in the background when dropped.
+pub struct Workers {
+    runtime: Option<Runtime>,
+}
+
+impl std::fmt::Debug for Workers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Workers").finish_non_exhaustive()
+    }
+}
+
+impl Workers {
+    /// A runtime of `threads` threads (at least one).
+    pub fn start(threads: usize) -> anyhow::Result<Workers> {
+        let runtime = Builder::new_multi_thread()
+            .worker_threads(threads.max(1))
+            .thread_name("yoi-call")
+            .enable_all()
+            .build()
+            .map_err(|e| anyhow::anyhow!("cannot start the tool-call threads: {e}"))?;
+        Ok(Workers { runtime: Some(runtime) })
+    }
+
+    /// As many threads as the machine has cores.
+    pub fn per_core() -> anyhow::Result<Workers> {
+        Workers::start(std::thread::available_parallelism().map_or(2, |n| n.get()))
+    }
+
+    /// Runs `call` on the call threads. Dropping the returned handle aborts
+    /// the call (its instance is dropped at its next yield).
+    pub fn spawn<F>(&self, call: F) -> AbortOnDropHandle<F::Output>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        let runtime = self.runtime.as_ref().expect("present until dropped");
+        AbortOnDropHandle::new(runtime.spawn(call))
+    }
+}
+
+impl Drop for Workers {
+    fn drop(&mut self) {
+        // Dropping a runtime from inside another one's task would panic;
+        // this never blocks.
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
