@@ -106,7 +106,7 @@ async fn version_and_undeclared_imports_are_refused_at_load() {
         allocator: yoi_host::plugin::Allocator::Pooling,
         ceilings: Default::default(),
     };
-    let host = yoi_host::plugin::PluginHost::with_plugins(&options, &[dir.path().to_path_buf()]).await.unwrap();
+    let host = yoi_host::plugin::PluginSet::with_plugins(&options, &[dir.path().to_path_buf()]).await.unwrap();
     let error = |file: &str| {
         host.load_errors()
             .iter()

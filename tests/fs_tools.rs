@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use common::{Sandbox, host_with, pod, rule};
 use serde_json::{Value, json};
-use yoi_host::plugin::{CallLimits, PluginHost, PodContext, ToolError, ToolErrorKind, ToolOutput};
+use yoi_host::plugin::{CallLimits, PluginSet, PodContext, ToolError, ToolErrorKind, ToolOutput};
 use yoi_host::scope::Permission::{Read, Write};
 use yoi_host::scope::RuleSpec;
 
@@ -17,7 +17,7 @@ use yoi_host::scope::RuleSpec;
 /// granted, plus whatever extra rules a test asks for.
 struct Agent {
     sb: Sandbox,
-    host: PluginHost,
+    host: PluginSet,
     pod: Arc<PodContext>,
 }
 

@@ -10,7 +10,7 @@ use std::process::Command;
 use common::builds::{build_starter, examples};
 use common::{Sandbox, pod, rule, shared_cache};
 use serde_json::{Value, json};
-use yoi_host::plugin::{Allocator, CallLimits, HostOptions, PluginHost, ToolErrorKind};
+use yoi_host::plugin::{Allocator, CallLimits, HostOptions, PluginSet, ToolErrorKind};
 use yoi_host::scope::Permission;
 
 fn content(output: &yoi_host::plugin::ToolOutput) -> &str {
@@ -24,7 +24,7 @@ fn content(output: &yoi_host::plugin::ToolOutput) -> &str {
 async fn example_plugins_in_every_language() {
     let options =
         HostOptions { cache_dir: shared_cache(), allocator: Allocator::Pooling, ceilings: Default::default() };
-    let host = PluginHost::with_plugins(&options, &[examples().to_path_buf()]).await.unwrap();
+    let host = PluginSet::with_plugins(&options, &[examples().to_path_buf()]).await.unwrap();
     assert!(host.load_errors().is_empty(), "{:?}", host.load_errors());
     for tool in ["CsvStats", "JsonQuery", "HttpGet"] {
         assert!(host.plugin_for(tool).is_some(), "{tool} missing");

@@ -1,6 +1,7 @@
 //! Many pods in one process: pod identity and namespaces, the lifecycle
 //! every view reads, an honest actor (a stopped pod says so), the last
-//! handle ending a pod, and a fault in one pod leaving the others serving.
+//! handle ending a pod, a fault in one pod leaving the others serving, and
+//! per-pod plugin sets over one runtime.
 
 mod common;
 
@@ -14,10 +15,11 @@ use tokio::sync::broadcast;
 use yoi_host::identity::Namespace;
 use yoi_host::lifecycle::Lifecycle;
 use yoi_host::manifest::LoadedManifest;
-use yoi_host::plugin::PluginHost;
+use yoi_host::plugin::{Allocator, CallLimits, HostOptions, PluginRuntime, PluginSet, ToolErrorKind};
 use yoi_host::pod::{Answer, Exposure, PodError, PodHandle, PodSpec, start};
 use yoi_host::protocol::{ErrorCode, Method, WireEvent};
 use yoi_host::provider::{DeltaSink, ModelRequest, ModelResponse, Provider, ProviderError, RetryPolicy, scripted};
+use yoi_host::scope::Permission;
 use yoi_host::scope_lock::ScopeLock;
 use yoi_host::session::SessionStore;
 
@@ -43,7 +45,7 @@ impl Provider for Faulty {
 /// its plugins, shared by the pods a test starts.
 struct Host {
     sb: Sandbox,
-    plugins: Arc<PluginHost>,
+    plugins: Arc<PluginSet>,
 }
 
 impl Host {
@@ -264,4 +266,37 @@ async fn every_view_follows_the_lifecycle() {
     }
     assert_eq!(seen.last(), Some(&Lifecycle::Stopped), "{seen:?}");
     assert!(!dir.exists());
+}
+
+/// Pods of one process may load different plugins over one runtime: each
+/// set has its own tool names, a clash is an error of the set that has it,
+/// and the pod tools are offered only to pods that can run children.
+#[tokio::test]
+async fn plugin_sets_differ_per_pod_over_one_runtime() {
+    let options =
+        HostOptions { cache_dir: common::shared_cache(), allocator: Allocator::Pooling, ceilings: Default::default() };
+    let runtime = PluginRuntime::new(&options).unwrap();
+    let (probe, clashing) = (common::plugin_dir(&["probe"]), common::plugin_dir(&["probe", "clash"]));
+    let with_probe = PluginSet::load(runtime.clone(), &[probe.path().to_path_buf()]).await.unwrap();
+    let with_clash = PluginSet::load(runtime.clone(), &[clashing.path().to_path_buf()]).await.unwrap();
+    let builtins_only = PluginSet::load(runtime.clone(), &[]).await.unwrap();
+    assert!(with_probe.load_errors().is_empty(), "{:?}", with_probe.load_errors());
+    assert_eq!(with_clash.load_errors().len(), 1);
+    assert!(with_clash.load_errors()[0].message.contains("`Noop`"), "{:?}", with_clash.load_errors());
+
+    let sb = Sandbox::new();
+    let pod = common::pod(&[common::rule(&sb.root, Permission::Write)], &[], CallLimits::default());
+    let echo = json!({"text": "hi"}).to_string();
+    assert!(with_probe.call(&pod, "Echo", &echo).await.is_ok());
+    let unknown = builtins_only.call(&pod, "Echo", &echo).await.unwrap_err();
+    assert_eq!(unknown.kind, ToolErrorKind::UnknownTool);
+
+    // A context without child pods (as `yoi-host tool call` builds) is not
+    // offered the pod tools; a pod run by a host is.
+    let offered: Vec<&str> = builtins_only.tools_for(&pod).map(|t| t.name.as_str()).collect();
+    assert!(offered.contains(&"Read") && !offered.contains(&"SpawnPod"), "{offered:?}");
+    let host = Host::new().await;
+    let served = host.start(&Namespace::operator(), "served", "a", Some(json!([])), Exposure::HostOnly).await.unwrap();
+    let Answer::History { greeting, .. } = served.request(Method::GetHistory {}).await.unwrap() else { panic!() };
+    assert!(greeting.tools.iter().any(|t| t == "SpawnPod"), "{:?}", greeting.tools);
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use common::{Sandbox, guest, host_with, plugin_dir, pod, rule, shared_cache};
 use serde_json::{Value, json};
 use yoi_host::plugin::{
-    Allocator, CallLimits, HostOptions, PluginHost, PluginSource, ToolErrorKind, ToolOutput, cache::CacheOutcome,
+    Allocator, CallLimits, HostOptions, PluginSet, PluginSource, ToolErrorKind, ToolOutput, cache::CacheOutcome,
 };
 use yoi_host::scope::Permission::{Read, Write};
 
@@ -165,7 +165,7 @@ async fn load_errors_name_the_file_and_others_still_load() {
     std::fs::write(dir.path().join("text.wasm"), b"this is not wasm").unwrap();
     let options =
         HostOptions { cache_dir: shared_cache(), allocator: Allocator::Pooling, ceilings: Default::default() };
-    let host = PluginHost::with_plugins(&options, &[dir.path().to_path_buf()]).await.unwrap();
+    let host = PluginSet::with_plugins(&options, &[dir.path().to_path_buf()]).await.unwrap();
 
     let loaded: Vec<&str> = host.plugins().iter().map(|p| p.name()).collect();
     assert_eq!(loaded, ["fs_tools", "pod_tools", "clash"]);
@@ -194,8 +194,8 @@ async fn warm_start_compiles_nothing() {
         ceilings: Default::default(),
     };
     let load = || async {
-        let mut host = PluginHost::new(&options).unwrap();
-        host.load(PluginSource::from_file(&guest("probe")).unwrap()).await.unwrap();
+        let mut host = PluginSet::new(&options).unwrap();
+        host.add(PluginSource::from_file(&guest("probe")).unwrap()).await.unwrap();
         host.plugins()[0].cache_outcome()
     };
     assert_eq!(load().await, CacheOutcome::Compiled);

@@ -14,14 +14,14 @@ use std::sync::Arc;
 
 use common::{Sandbox, host_with, pod, rule};
 use serde_json::json;
-use yoi_host::plugin::{CallLimits, PluginHost, PodContext, ToolError, ToolOutput};
+use yoi_host::plugin::{CallLimits, PluginSet, PodContext, ToolError, ToolOutput};
 use yoi_host::scope::Permission::{Read, Write};
 
 /// The layout every test starts from: `ro/` granted read, `rw/` granted
 /// write, `outside/` not granted; a secret in each of `ro/` and `outside/`.
 struct Arena {
     sb: Sandbox,
-    host: PluginHost,
+    host: PluginSet,
     pod: Arc<PodContext>,
 }
 

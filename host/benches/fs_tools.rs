@@ -15,7 +15,7 @@ use grep_regex::RegexMatcherBuilder;
 use grep_searcher::sinks::Lossy;
 use grep_searcher::{BinaryDetection, SearcherBuilder};
 use serde_json::json;
-use yoi_host::plugin::{Allocator, CallLimits, HostOptions, PluginHost, PodContext, truncate};
+use yoi_host::plugin::{Allocator, CallLimits, HostOptions, PluginSet, PodContext, truncate};
 use yoi_host::scope::{Permission, RuleSpec, Scope};
 
 const DIRS: usize = 200;
@@ -157,7 +157,7 @@ fn main() {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let cache = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench-cache");
     let options = HostOptions { cache_dir: cache, allocator: Allocator::Pooling, ceilings: Default::default() };
-    let host = rt.block_on(PluginHost::with_plugins(&options, &[])).unwrap();
+    let host = rt.block_on(PluginSet::with_plugins(&options, &[])).unwrap();
     let rule = RuleSpec { target: root.clone(), permission: Permission::Write, recursive: true };
     let pod = Arc::new(PodContext::new(
         "bench",

@@ -2,7 +2,7 @@
 //! - cold compile vs cache load per plugin,
 //! - instantiate time with the pooling vs the on-demand allocator,
 //! - a whole trivial tool call (fresh store + instance + call + drop), p50/p99,
-//!   through `PluginHost::call` with each allocator.
+//!   through `PluginSet::call` with each allocator.
 //!
 //! Run: `cargo bench -p yoi-host --bench runtime`
 //!
@@ -21,7 +21,7 @@ use wasmtime::component::{Component, Linker};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use yoi_host::plugin::cache::{CacheOutcome, ComponentCache};
 use yoi_host::plugin::engine::build_engine;
-use yoi_host::plugin::{Allocator, CallLimits, HostOptions, PluginHost, PluginSource, PodContext};
+use yoi_host::plugin::{Allocator, CallLimits, HostOptions, PluginSet, PluginSource, PodContext};
 use yoi_host::scope::{Permission, RuleSpec, Scope};
 
 #[path = "../../tests/common/builds.rs"]
@@ -104,8 +104,8 @@ async fn instantiate(allocator: Allocator, rounds: usize) -> (Duration, Duration
 async fn trivial_call(allocator: Allocator, rounds: usize) -> (Duration, Duration) {
     let cache = tempfile::tempdir().unwrap();
     let options = HostOptions { cache_dir: cache.path().to_path_buf(), allocator, ceilings: Default::default() };
-    let mut host = PluginHost::new(&options).unwrap();
-    host.load(PluginSource::from_file(&guest("probe")).unwrap()).await.unwrap();
+    let mut host = PluginSet::new(&options).unwrap();
+    host.add(PluginSource::from_file(&guest("probe")).unwrap()).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let (p50, p99, ok) = call_times(&host, dir.path(), "Noop", "{}", rounds).await;
     assert!(ok);
@@ -115,7 +115,7 @@ async fn trivial_call(allocator: Allocator, rounds: usize) -> (Duration, Duratio
 /// p50/p99 of calls of `tool` with `input` for a pod that may write `dir`
 /// (after a warm-up), and whether they succeeded (every call must end alike).
 async fn call_times(
-    host: &PluginHost,
+    host: &PluginSet,
     dir: &Path,
     tool: &str,
     input: &str,
@@ -187,12 +187,12 @@ async fn languages() {
         allocator: Allocator::Pooling,
         ceilings: Default::default(),
     };
-    let mut host = PluginHost::new(&options).unwrap();
+    let mut host = PluginSet::new(&options).unwrap();
     let mut baseline = None;
     for (label, path, tool, input) in &rows {
         let bytes = std::fs::read(path).unwrap();
         let (cold, warm) = compile_vs_cache(label, &bytes);
-        host.load(PluginSource::from_file(path).unwrap()).await.unwrap();
+        host.add(PluginSource::from_file(path).unwrap()).await.unwrap();
         let (p50, p99, ok) = call_times(&host, work.path(), tool, input, 300).await;
         // The HttpGet row times a request the host refuses (no grant).
         assert_eq!(ok, *tool != "HttpGet", "{label}");

@@ -356,8 +356,8 @@ impl Agent<'_> {
 
 /// The plugin runtime as the loop's tool runner, for one pod.
 pub struct PluginTools<'a> {
-    /// The runtime.
-    pub host: &'a crate::plugin::PluginHost,
+    /// The pod's plugins.
+    pub host: &'a crate::plugin::PluginSet,
     /// The calling pod.
     pub pod: std::sync::Arc<crate::plugin::PodContext>,
 }
@@ -365,7 +365,7 @@ pub struct PluginTools<'a> {
 #[async_trait::async_trait]
 impl ToolRunner for PluginTools<'_> {
     fn tools(&self) -> Vec<ToolInfo> {
-        self.host.tools().cloned().collect()
+        self.host.tools_for(&self.pod).cloned().collect()
     }
 
     async fn call(&self, name: &str, input: &str) -> Result<ToolOutput, ToolError> {

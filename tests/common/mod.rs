@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use yoi_host::identity::Namespace;
 use yoi_host::manifest::LoadedManifest;
-use yoi_host::plugin::{Allocator, CallLimits, HostOptions, PluginHost, PodContext};
+use yoi_host::plugin::{Allocator, CallLimits, HostOptions, PluginSet, PodContext};
 use yoi_host::pod::{Exposure, PodHandle, PodSpec, start};
 use yoi_host::provider::{Provider, from_manifest, retry_policy};
 use yoi_host::scope::{Permission, RuleSpec, Scope};
@@ -38,11 +38,11 @@ pub fn plugin_dir(names: &[&str]) -> tempfile::TempDir {
 }
 
 /// A host with the builtin plugins and the named test components.
-pub async fn host_with(names: &[&str]) -> PluginHost {
+pub async fn host_with(names: &[&str]) -> PluginSet {
     let dir = plugin_dir(names);
     let options =
         HostOptions { cache_dir: shared_cache(), allocator: Allocator::Pooling, ceilings: Default::default() };
-    PluginHost::with_plugins(&options, &[dir.path().to_path_buf()]).await.unwrap()
+    PluginSet::with_plugins(&options, &[dir.path().to_path_buf()]).await.unwrap()
 }
 
 /// A temporary directory tree for a pod, in canonical form.
@@ -110,7 +110,7 @@ pub async fn start_pod(
     let provider: Arc<dyn Provider> = Arc::from(from_manifest(&section, base, &loaded.working_dir, &name, &|_| None)?);
     let options =
         HostOptions { cache_dir: shared_cache(), allocator: Allocator::Pooling, ceilings: Default::default() };
-    let plugins = Arc::new(PluginHost::with_plugins(&options, plugin_dirs).await?);
+    let plugins = Arc::new(PluginSet::with_plugins(&options, plugin_dirs).await?);
     start(PodSpec {
         manifest: loaded,
         plugins,

@@ -20,7 +20,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::home::Home;
 use crate::manifest::LoadedManifest;
-use crate::plugin::{Allocator, HostOptions, PluginHost, ToolError, ToolErrorKind};
+use crate::plugin::{Allocator, HostOptions, PluginSet, ToolError, ToolErrorKind};
 
 /// Hosts LLM agent pods whose tools run as WebAssembly components.
 #[derive(Parser, Debug)]
@@ -191,7 +191,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
-pub(crate) async fn plugin_host(dirs: &PluginDirs) -> anyhow::Result<PluginHost> {
+pub(crate) async fn plugin_host(dirs: &PluginDirs) -> anyhow::Result<PluginSet> {
     for dir in &dirs.dirs {
         if !dir.is_dir() {
             anyhow::bail!("--plugins {}: not a directory", dir.display());
@@ -200,7 +200,7 @@ pub(crate) async fn plugin_host(dirs: &PluginDirs) -> anyhow::Result<PluginHost>
     let home = Home::from_env()?;
     let options =
         HostOptions { cache_dir: home.cache_dir(), allocator: Allocator::Pooling, ceilings: Default::default() };
-    PluginHost::with_plugins(&options, &dirs.dirs).await
+    PluginSet::with_plugins(&options, &dirs.dirs).await
 }
 
 async fn plugins_list(dirs: &PluginDirs, json: bool) -> anyhow::Result<ExitCode> {

@@ -1,14 +1,21 @@
-//! The plugin runtime: loads tool plugins (WASI Preview 2 components of the
-//! `yoi:plugin/plugin` world) and runs their tools inside a pod's scope.
+//! Tool plugins: WASI Preview 2 components of the `yoi:plugin/plugin`
+//! world, run inside a pod's scope.
 //!
-//! - One [`wasmtime::Engine`] per [`PluginHost`], with the pooling allocator
-//!   and copy-on-write memory images; its epoch advances every 10 ms
-//!   ([`engine`]).
-//! - Components are compiled once and kept on disk ([`cache`]); each gets an
-//!   `InstancePre` when it loads.
-//! - Every call gets a fresh `Store` and instance whose WASI context is the
-//!   calling pod's scope as preopened directories ([`call`]).
-//! - The `yoi:plugin` imports (log, state, context) live in `host/`.
+//! Two layers:
+//! - [`PluginRuntime`] ([`runtime`]), one per process: the
+//!   [`wasmtime::Engine`] with the pooling allocator and copy-on-write memory
+//!   images, its epoch ticker ([`engine`]), the compiled-component cache
+//!   ([`cache`]), admission to the instance pool ([`admission`]) and the
+//!   threads calls run on ([`workers`]).
+//! - [`PluginSet`], one per pod (or shared by pods that load the same
+//!   plugins): which plugins, their tool names, what a pod is offered.
+//!   Two sets on one runtime may hold different plugins; a name clash is an
+//!   error of the set that clashes.
+//!
+//! Every call gets a fresh `Store` and instance whose WASI context is the
+//! calling pod's scope as preopened directories ([`call`]). The
+//! `yoi:plugin` imports (log, state, context, pods) live in `host/`; what the
+//! plugin layer knows of a pod is [`pod_context`].
 //!
 //! A plugin that fails to load is reported with the file it came from and
 //! the others still load; two plugins offering one tool name is a load error
@@ -25,32 +32,24 @@ mod network;
 mod output;
 pub mod pod_context;
 mod result;
+pub mod runtime;
 pub mod workers;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Instant;
 
 use serde::Serialize;
-use sha2::{Digest, Sha256};
-use wasmtime::Engine;
-use wasmtime::component::{HasSelf, Linker};
 
-use admission::Admission;
-use bindings::{Plugin, PluginPre};
-use cache::{CacheOutcome, ComponentCache};
-use call::{CallState, PluginLabel, with_fresh_instance};
+use cache::CacheOutcome;
+use call::PluginLabel;
 pub use capabilities::{Declared, Grant, Granted, Grants};
 pub use engine::Allocator;
-use engine::EpochTicker;
 pub use network::{HttpAccess, OriginPattern};
 pub use pod_context::{CallLimits, Ceilings, ChildOutput, ChildSummary, PodContext, PodControl, Refusal, SpawnRequest};
 pub use result::{ToolError, ToolErrorKind, ToolOutput, truncate};
-use workers::Workers;
-
-/// The admission key of the host's own calls (asking a plugin to describe itself).
-const HOST_KEY: admission::PodKey = 0;
+pub use runtime::PluginRuntime;
+use runtime::Prepared;
 
 /// The version of the `yoi:plugin` WIT package this host speaks.
 pub const WIT_VERSION: &str = "0.1.0";
@@ -150,8 +149,7 @@ impl std::fmt::Display for LoadError {
 /// A plugin ready to run.
 pub struct LoadedPlugin {
     label: PluginLabel,
-    digest: String,
-    pre: PluginPre<CallState>,
+    prepared: Arc<Prepared>,
     tools: Vec<ToolInfo>,
     declared: Declared,
     cache: CacheOutcome,
@@ -170,7 +168,7 @@ impl LoadedPlugin {
 
     /// Hex SHA-256 of the component.
     pub fn digest(&self) -> &str {
-        &self.digest
+        &self.prepared.digest
     }
 
     /// What it declared in its capability file.
@@ -194,7 +192,7 @@ impl LoadedPlugin {
     }
 }
 
-/// How a [`PluginHost`] is set up.
+/// How a [`PluginRuntime`] is set up.
 #[derive(Clone, Debug)]
 pub struct HostOptions {
     /// Where compiled components are cached (`$YOI_HOME/cache`).
@@ -205,70 +203,57 @@ pub struct HostOptions {
     pub ceilings: Ceilings,
 }
 
-/// The plugin runtime of one host: an engine, its loaded plugins and their
-/// tools.
-pub struct PluginHost {
-    admission: Arc<Admission>,
-    workers: Workers,
-    ceilings: Ceilings,
-    engine: Engine,
-    linker: Linker<CallState>,
-    cache: ComponentCache,
+/// A set of loaded plugins and their tools, over a shared runtime.
+pub struct PluginSet {
+    runtime: Arc<PluginRuntime>,
     plugins: Vec<Arc<LoadedPlugin>>,
     tools: BTreeMap<String, usize>,
     errors: Vec<LoadError>,
-    _ticker: EpochTicker,
 }
 
-impl PluginHost {
-    /// A host with no plugins yet.
-    pub fn new(options: &HostOptions) -> anyhow::Result<PluginHost> {
-        let engine = engine::build_engine(options.allocator)?;
-        let mut linker = Linker::<CallState>::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(|e| anyhow::anyhow!("{e:?}"))?;
-        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker).map_err(|e| anyhow::anyhow!("{e:?}"))?;
-        Plugin::add_to_linker::<CallState, HasSelf<CallState>>(&mut linker, |s| s)
-            .map_err(|e| anyhow::anyhow!("{e:?}"))?;
-        let slots = match options.allocator {
-            Allocator::Pooling => engine::POOL_COMPONENT_INSTANCES as usize,
-            // Not bounded by a pool; bounded anyway, for memory's sake.
-            Allocator::OnDemand => 4 * engine::POOL_COMPONENT_INSTANCES as usize,
-        };
-        Ok(PluginHost {
-            admission: Admission::new(slots),
-            workers: Workers::per_core()?,
-            ceilings: options.ceilings,
-            _ticker: EpochTicker::start(engine.clone()),
-            engine,
-            linker,
-            cache: ComponentCache::new(&options.cache_dir),
-            plugins: Vec::new(),
-            tools: BTreeMap::new(),
-            errors: Vec::new(),
-        })
+impl PluginSet {
+    /// An empty set on `runtime`.
+    pub fn on(runtime: Arc<PluginRuntime>) -> PluginSet {
+        PluginSet { runtime, plugins: Vec::new(), tools: BTreeMap::new(), errors: Vec::new() }
     }
 
-    /// A host with the builtin plugins and those in `extra_dirs`. Plugins
-    /// that fail to load are listed in [`PluginHost::load_errors`].
-    pub async fn with_plugins(options: &HostOptions, extra_dirs: &[PathBuf]) -> anyhow::Result<PluginHost> {
-        let mut host = PluginHost::new(options)?;
+    /// An empty set on a runtime of its own.
+    pub fn new(options: &HostOptions) -> anyhow::Result<PluginSet> {
+        Ok(PluginSet::on(PluginRuntime::new(options)?))
+    }
+
+    /// The runtime the set's calls run on.
+    pub fn runtime(&self) -> &Arc<PluginRuntime> {
+        &self.runtime
+    }
+
+    /// The builtin plugins and those in `extra_dirs`, on `runtime`. Plugins
+    /// that fail to load are listed in [`PluginSet::load_errors`].
+    pub async fn load(runtime: Arc<PluginRuntime>, extra_dirs: &[PathBuf]) -> anyhow::Result<PluginSet> {
+        let mut set = PluginSet::on(runtime);
         // Failures are recorded in `load_errors`; the other plugins still load.
         for source in PluginSource::builtin() {
-            let _ = host.load(source).await;
+            let _ = set.add(source).await;
         }
         for dir in extra_dirs {
             let (sources, errors) = PluginSource::from_dir(dir)?;
-            host.errors.extend(errors);
+            set.errors.extend(errors);
             for source in sources {
-                let _ = host.load(source).await;
+                let _ = set.add(source).await;
             }
         }
-        Ok(host)
+        Ok(set)
     }
 
-    /// Loads one plugin. On failure the error is recorded (and returned) and
-    /// the host carries on without it.
-    pub async fn load(&mut self, source: PluginSource) -> Result<(), LoadError> {
+    /// The builtin plugins and those in `extra_dirs`, on a runtime of
+    /// their own.
+    pub async fn with_plugins(options: &HostOptions, extra_dirs: &[PathBuf]) -> anyhow::Result<PluginSet> {
+        PluginSet::load(PluginRuntime::new(options)?, extra_dirs).await
+    }
+
+    /// Adds one plugin. On failure the error is recorded (and returned) and
+    /// the set carries on without it.
+    pub async fn add(&mut self, source: PluginSource) -> Result<(), LoadError> {
         let origin = source.origin.clone();
         match self.try_load(source).await {
             Ok(plugin) => {
@@ -297,34 +282,9 @@ impl PluginHost {
             Some((origin, text)) => Declared::parse(text, origin)?,
             None => Declared::default(),
         };
-        let digest = hex::encode(Sha256::digest(&source.bytes));
-        // Compiling takes seconds for a big component: not on an async thread.
-        let (cache, engine, bytes, key) =
-            (self.cache.clone(), self.engine.clone(), source.bytes.clone(), digest.clone());
-        let (component, cache) = tokio::task::spawn_blocking(move || cache.load_or_compile(&engine, &bytes, &key))
-            .await
-            .map_err(|e| format!("compiling failed inside the host: {e}"))?
-            .map_err(|e| format!("not a valid WebAssembly component: {e:#}"))?;
-        let ty = component.component_type();
-        let exports: Vec<&str> = ty.exports(&self.engine).map(|(name, _)| name).collect();
-        let imports: Vec<&str> = ty.imports(&self.engine).map(|(name, _)| name).collect();
-        capabilities::check_component(exports, imports, &declared)?;
-        let instance_pre = self.linker.instantiate_pre(&component).map_err(|e| {
-            format!("cannot link: {e:#} (a tool plugin imports only WASI 0.2 and yoi:plugin@{WIT_VERSION} interfaces)")
-        })?;
-        let pre = PluginPre::new(instance_pre).map_err(|e| {
-            format!("does not export yoi:plugin/tool@{WIT_VERSION} (is it built for the `plugin` world?): {e:#}")
-        })?;
         let label = PluginLabel { name: source.name.as_str().into(), origin: source.origin.clone() };
-        let detached = Arc::new(PodContext::detached());
-        let limits = detached.limits;
-        let _slot = self.admission.admit(HOST_KEY).await;
-        let deadline = Instant::now() + limits.timeout;
-        let described = with_fresh_instance(&pre, &label, &detached, limits, deadline, async |store, plugin| {
-            plugin.yoi_plugin_tool().call_describe(store).await
-        })
-        .await
-        .map_err(|e| format!("describe failed: {}", e.message))?;
+        let (prepared, cache) = self.runtime.prepare(&source.bytes, &label, &declared).await?;
+        let described = prepared.described.clone();
         let mut tools: Vec<ToolInfo> = Vec::new();
         for info in described {
             let tool = validate_tool(info)?;
@@ -345,7 +305,7 @@ impl PluginHost {
             }
             tools.push(tool);
         }
-        Ok(LoadedPlugin { label, digest, pre, tools, declared, cache })
+        Ok(LoadedPlugin { label, prepared, tools, declared, cache })
     }
 
     /// Plugins that loaded, in load order.
@@ -412,58 +372,25 @@ impl PluginHost {
         Ok(result)
     }
 
-    /// Runs `tool` with `input` (JSON text) for `pod`, in a fresh instance.
-    ///
-    /// The call waits for its turn (the pod's `concurrent_calls`, then a
-    /// slot of the instance pool, fairly across pods); the wait counts
-    /// against its deadline. It runs on the call threads ([`workers`]),
-    /// where its filesystem calls run inline; dropping the future cancels
-    /// it at once.
+    /// The tools `pod` is offered, by name: a plugin that runs child pods
+    /// is left out where the pod cannot have them (not granted, or not run
+    /// by a host that runs child pods).
+    pub fn tools_for<'a>(&'a self, pod: &'a PodContext) -> impl Iterator<Item = &'a ToolInfo> + 'a {
+        self.tools.iter().filter_map(move |(name, &i)| {
+            let plugin = &self.plugins[i];
+            let usable = !plugin.declared.pods
+                || (pod.control.is_some() && pod.grants.get(plugin.name()).is_some_and(|g| g.pods));
+            if usable { plugin.tools.iter().find(|t| &t.name == name) } else { None }
+        })
+    }
+
+    /// Runs `tool` with `input` (JSON text) for `pod`, in a fresh instance
+    /// (see [`PluginRuntime::call`]).
     pub async fn call(&self, pod: &Arc<PodContext>, tool: &str, input: &str) -> Result<ToolOutput, ToolError> {
         let plugin = self
             .plugin_for(tool)
-            .ok_or_else(|| ToolError::new(ToolErrorKind::UnknownTool, format!("there is no tool named `{tool}`")))?
-            .clone();
-        let limits = pod.limits.capped(&self.ceilings);
-        let (pod, tool, input, admission) = (pod.clone(), tool.to_string(), input.to_string(), self.admission.clone());
-        let call = async move {
-            let deadline = Instant::now() + limits.timeout;
-            let turn = async {
-                let gate = pod.calls.acquire().await;
-                // The pod's address tells its calls from other pods' (fairness only).
-                let slot = admission.admit(Arc::as_ptr(&pod) as usize).await;
-                (gate, slot)
-            };
-            let Ok((_gate, _slot)) = tokio::time::timeout_at(deadline.into(), turn).await else {
-                return Err(ToolError::new(
-                    ToolErrorKind::Timeout,
-                    format!(
-                        "{} found no free slot within its deadline of {} ms (the host is busy; try again)",
-                        plugin.label,
-                        limits.timeout.as_millis()
-                    ),
-                ));
-            };
-            let result = with_fresh_instance(&plugin.pre, &plugin.label, &pod, limits, deadline, async |store, i| {
-                i.yoi_plugin_tool().call_call(store, &tool, &input).await
-            })
-            .await?;
-            match result {
-                Ok(output) => result::normalize_output(plugin.name(), output, limits.output_max_bytes),
-                Err(e) => Err(e.into()),
-            }
-        };
-        match self.workers.spawn(call).await {
-            Ok(result) => result,
-            Err(fault) => {
-                Err(ToolError::new(ToolErrorKind::HostError, format!("the call failed inside the host: {fault}")))
-            }
-        }
-    }
-
-    /// The instance pool's admission (slots in use, longest wait).
-    pub fn admission(&self) -> &Admission {
-        &self.admission
+            .ok_or_else(|| ToolError::new(ToolErrorKind::UnknownTool, format!("there is no tool named `{tool}`")))?;
+        self.runtime.call(plugin.clone(), pod, tool, input).await
     }
 }
 

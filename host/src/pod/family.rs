@@ -31,7 +31,7 @@ use crate::agent::Outcome;
 use crate::identity::{Namespace, PodId};
 use crate::lifecycle::Lifecycle;
 use crate::manifest::{LoadedManifest, validate_pod_name};
-use crate::plugin::{ChildOutput, ChildSummary, PluginHost, PodContext, PodControl, Refusal, SpawnRequest};
+use crate::plugin::{ChildOutput, ChildSummary, PluginSet, PodContext, PodControl, Refusal, SpawnRequest};
 use crate::protocol::Method;
 use crate::provider::{self, RetryPolicy};
 use crate::scope::{Access, Permission, Rule, RuleSpec, Rules, Scope, describe_rule};
@@ -42,7 +42,7 @@ use crate::session::SessionStore;
 #[derive(Clone)]
 pub struct FamilyConfig {
     /// The plugin runtime.
-    pub plugins: Arc<PluginHost>,
+    pub plugins: Arc<PluginSet>,
     /// Where session logs go.
     pub sessions: SessionStore,
     /// Where runtime directories go.

@@ -47,7 +47,7 @@ use crate::history::{Item, pending_calls};
 use crate::identity::{Namespace, PodId};
 use crate::lifecycle::Lifecycle;
 use crate::manifest::LoadedManifest;
-use crate::plugin::{PluginHost, PodContext, PodControl};
+use crate::plugin::{PluginSet, PodContext, PodControl};
 use crate::protocol::{ErrorCode, Greeting, Method, PodEvent, Request, WireEvent, error};
 use crate::provider::{Provider, RetryPolicy, Usage};
 use crate::scope_lock::{ClaimGuard, ScopeLock};
@@ -66,8 +66,9 @@ const FS_TOOLS: &str = "fs_tools";
 pub struct PodSpec {
     /// The manifest, loaded and resolved.
     pub manifest: LoadedManifest,
-    /// The plugin runtime (shared by all pods of a host).
-    pub plugins: Arc<PluginHost>,
+    /// The pod's plugins (its children use the same); their runtime may be
+    /// shared with every other pod of the process.
+    pub plugins: Arc<PluginSet>,
     /// The model, if the manifest has a provider.
     pub provider: Option<Arc<dyn Provider>>,
     /// Retry policy of the provider.
@@ -124,7 +125,7 @@ pub(crate) struct RunEnded {
 /// Every pod, and `yoi-host tool call`, builds its context here.
 pub fn pod_context(
     manifest: &LoadedManifest,
-    plugins: &PluginHost,
+    plugins: &PluginSet,
     data_root: &std::path::Path,
     control: Option<Arc<dyn PodControl>>,
 ) -> anyhow::Result<PodContext> {
@@ -552,7 +553,7 @@ async fn start_pod(
         provider: provider_kind,
         model,
         scope: manifest.scope.summary(),
-        tools: config.plugins.tools().map(|t| t.name.clone()).collect(),
+        tools: config.plugins.tools_for(&pod_context).map(|t| t.name.clone()).collect(),
         session: String::new(),
         state: String::new(),
     };
@@ -670,7 +671,7 @@ struct RunDone {
 /// The controller: the one place that decides what a request does.
 struct Controller {
     shared: Arc<Shared>,
-    plugins: Arc<PluginHost>,
+    plugins: Arc<PluginSet>,
     provider: Option<Arc<dyn Provider>>,
     config: AgentConfig,
     compaction: crate::manifest::CompactionSection,
