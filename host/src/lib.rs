@@ -16,6 +16,7 @@
 //! - [`pod`]: a pod's controller, socket server, runtime directory, compaction.
 //! - [`plugin_store`]: the per-pod key/value store plugins keep state in.
 //! - [`home`]: where yoi-host keeps its files (`$YOI_HOME`).
+//! - [`os`]: what the host asks of the operating system (the open-file limit).
 //! - [`cli`]: the `yoi-host` command line.
 #![deny(missing_docs)]
 
@@ -26,6 +27,7 @@ pub mod home;
 pub mod identity;
 pub mod lifecycle;
 pub mod manifest;
+pub mod os;
 pub mod plugin;
 pub mod plugin_store;
 pub mod pod;

@@ -143,6 +143,9 @@ fn plugins_new(lang: crate::starter::Language, name: &str, dir: Option<PathBuf>)
 pub fn main() -> ExitCode {
     init_logging();
     let cli = Cli::parse();
+    if let Err(e) = crate::os::raise_open_file_limit() {
+        tracing::warn!("cannot raise the open-file limit: {e}");
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => return setup_error(&anyhow::anyhow!("cannot start the async runtime: {e}")),
