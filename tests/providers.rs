@@ -2,7 +2,8 @@
 //! wire format (Anthropic Messages, OpenAI Chat Completions, Gemini), built
 //! from recorded-shape events: streaming text, tool calls (several, and with
 //! arguments split into many pieces), errors mid-stream and in the status,
-//! retries, dropped connections, silence and cancellation.
+//! retries, dropped connections, silence and cancellation, and a hostile
+//! server whose input must end in an error rather than a crash.
 
 mod common;
 
@@ -17,8 +18,8 @@ use yoi_host::history::Item;
 use yoi_host::manifest::{ProviderKind, ProviderSection};
 use yoi_host::plugin::{ToolError, ToolInfo, ToolOutput};
 use yoi_host::provider::{
-    Delta, ModelRequest, ModelResponse, Provider, ProviderError, RetryPolicy, StopReason, from_manifest, retry_policy,
-    stream_with_retries,
+    Delta, MAX_EVENT_BYTES, ModelRequest, ModelResponse, Provider, ProviderError, RetryPolicy, StopReason,
+    from_manifest, retry_policy, stream_with_retries,
 };
 
 /// One wire format: how to build its client and its recorded-shape events.
@@ -433,6 +434,44 @@ async fn slow_first_byte_then_cancel() {
         assert!(lag < Duration::from_millis(100), "{lag:?}");
         assert_eq!(history.len(), 1, "nothing half-written");
     }
+}
+
+/// A buggy or hostile OpenAI-compatible server numbers a tool call four
+/// billion. Used as a length, that index would make the host try a huge
+/// allocation and abort; instead the run ends in a fatal error naming the
+/// provider, and the process (this test) goes on to a normal response.
+#[tokio::test]
+async fn openai_tool_call_index_of_four_billion_ends_the_run_with_a_provider_error() {
+    let call = json!({"tool_calls": [{"index": 4_000_000_000u64, "id": "call_x", "type": "function",
+        "function": {"name": "Read", "arguments": "{}"}}]});
+    let mut hostile = vec![OpenAiWire::chunk(json!({"role": "assistant", "content": "Checking."}), None)];
+    hostile.push(OpenAiWire::chunk(call, None));
+    hostile.extend(OpenAiWire::end("tool_calls"));
+    let server = MockServer::start(vec![Reply::events(hostile), Reply::events(OpenAiWire.text(&["still here"]))]).await;
+    let p = provider(&OpenAiWire, &server.url);
+    let mut config = config(10);
+    config.retry.max_retries = 2;
+    let agent = Agent { provider: p.as_ref(), tools: &NoTools, config: &config };
+    let mut history = vec![Item::User { text: "hi".into() }];
+    let error = agent.run(&mut history, &mut NoHooks, &mut |_| {}, &CancellationToken::new()).await.unwrap_err();
+    assert_eq!(error.to_string(), "openai: tool call index 4000000000 is out of range (must be below 128)");
+    assert!(!error.retryable);
+    assert_eq!(server.requests().len(), 1, "a fatal error is not retried");
+    assert_eq!(history.len(), 1, "nothing half-written");
+
+    let response = stream(&OpenAiWire, &server).await.0.unwrap();
+    assert_eq!(response.text, "still here");
+}
+
+/// A server that sends one line without end is cut off once the line
+/// passes the event cap, not buffered whole.
+#[tokio::test]
+async fn a_line_without_end_is_cut_off_at_the_event_cap() {
+    let endless = format!("data: {}", "a".repeat(MAX_EVENT_BYTES + (1 << 20)));
+    let server = MockServer::start(vec![Reply::events(vec![endless])]).await;
+    let error = stream(&OpenAiWire, &server).await.0.unwrap_err();
+    assert_eq!(error.to_string(), "openai: malformed event stream: an event is longer than 8 MiB");
+    assert_eq!(server.requests().len(), 1);
 }
 
 /// What each wire format receives: headers, endpoint, and the history

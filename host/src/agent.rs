@@ -227,18 +227,18 @@ impl Agent<'_> {
                 temperature: self.config.temperature,
             };
             events(Event::TurnStart { turn });
-            let mut ids: Vec<String> = Vec::new();
+            // Call ids by the index the provider gave; a map, so that no
+            // index (the providers cap them, but this loop does not rely on
+            // it) can make it allocate.
+            let mut ids: HashMap<usize, String> = HashMap::new();
             let mut sink = |delta: Delta| match delta {
                 Delta::Text(text) => events(Event::TextDelta { text }),
                 Delta::ToolCallStart { index, id, name } => {
-                    if ids.len() <= index {
-                        ids.resize(index + 1, String::new());
-                    }
-                    ids[index] = id.clone();
+                    ids.insert(index, id.clone());
                     events(Event::ToolCallStart { id, name });
                 }
                 Delta::ToolCallArgs { index, fragment } => {
-                    let id = ids.get(index).cloned().unwrap_or_default();
+                    let id = ids.get(&index).cloned().unwrap_or_default();
                     events(Event::ToolCallArgsDelta { id, delta: fragment });
                 }
             };
@@ -404,6 +404,64 @@ fn kind_of(v: &Value) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::provider::{DeltaSink, ModelResponse};
+
+    /// Reports a tool call at the largest index there is, then a response
+    /// without calls.
+    struct HugeIndexProvider;
+
+    #[async_trait::async_trait]
+    impl Provider for HugeIndexProvider {
+        fn name(&self) -> &'static str {
+            "huge-index"
+        }
+
+        fn model(&self) -> &str {
+            "test"
+        }
+
+        async fn stream(
+            &self,
+            _request: &ModelRequest<'_>,
+            sink: &mut DeltaSink<'_>,
+        ) -> Result<ModelResponse, ProviderError> {
+            sink(Delta::ToolCallStart { index: usize::MAX, id: "call_x".into(), name: "Read".into() });
+            sink(Delta::ToolCallArgs { index: usize::MAX, fragment: "{}".into() });
+            let text = "done".to_string();
+            Ok(ModelResponse { text, tool_calls: Vec::new(), stop: StopReason::EndTurn, usage: Usage::default() })
+        }
+    }
+
+    struct NoTools;
+
+    #[async_trait::async_trait]
+    impl ToolRunner for NoTools {
+        fn tools(&self) -> Vec<ToolInfo> {
+            Vec::new()
+        }
+
+        async fn call(&self, name: &str, _input: &str) -> Result<ToolOutput, ToolError> {
+            panic!("no tool should run, got {name}")
+        }
+    }
+
+    #[tokio::test]
+    async fn a_provider_reporting_a_huge_tool_call_index_does_not_crash_the_agent() {
+        let config = AgentConfig {
+            system: "test".into(),
+            max_tokens: 100,
+            max_turns: 1,
+            temperature: None,
+            retry: RetryPolicy::default(),
+        };
+        let agent = Agent { provider: &HugeIndexProvider, tools: &NoTools, config: &config };
+        let mut history = vec![Item::User { text: "hi".into() }];
+        let mut events = Vec::new();
+        let outcome = agent.run(&mut history, &mut NoHooks, &mut |e| events.push(e), &CancellationToken::new()).await;
+        assert_eq!(outcome.unwrap(), Outcome::Finished);
+        let args = Event::ToolCallArgsDelta { id: "call_x".into(), delta: "{}".into() };
+        assert!(events.contains(&args), "{events:#?}");
+    }
 
     #[test]
     fn arguments_must_be_a_json_object() {

@@ -1,17 +1,19 @@
 //! What the HTTP providers share: the client and its timeouts, turning a
 //! non-success status into a [`ProviderError`] that carries the provider's
 //! own message, and a server-sent-events stream that times out when the
-//! server falls silent.
+//! server falls silent and counts the bytes it reads against
+//! [`MAX_STREAM_BYTES`](super::MAX_STREAM_BYTES).
 
 use std::pin::Pin;
 use std::sync::Once;
 use std::time::Duration;
 
-use eventsource_stream::{EventStreamError, Eventsource};
+use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use reqwest::header::HeaderMap;
 
-use super::ProviderError;
+use super::sse::{SseDecoder, SseEvent};
+use super::{DeltaSink, Flow, Limits, ModelResponse, ProviderError, StreamParser, bytes_text};
 
 /// Timeouts of one provider.
 #[derive(Clone, Copy, Debug)]
@@ -89,41 +91,81 @@ pub fn header_value(provider: &'static str, value: &str) -> Result<reqwest::head
         .map_err(|_| ProviderError::fatal(provider, "the API key contains characters not allowed in a header"))
 }
 
-/// One server-sent event.
-#[derive(Debug)]
-pub struct SseEvent {
-    /// The `event:` field (empty when absent).
-    pub event: String,
-    /// The `data:` field.
-    pub data: String,
-}
-
-type EventStream =
-    Pin<Box<dyn Stream<Item = Result<eventsource_stream::Event, EventStreamError<reqwest::Error>>> + Send>>;
+type Body = Pin<Box<dyn Stream<Item = Result<Bytes, reqwest::Error>> + Send>>;
 
 /// Events of one streaming response.
 pub struct SseStream {
     provider: &'static str,
-    inner: EventStream,
+    body: Body,
+    decoder: SseDecoder,
+    /// Body bytes read so far.
+    received: usize,
+    max_bytes: usize,
     timeouts: Timeouts,
     first: bool,
 }
 
 impl SseStream {
+    /// The events of `body`, held to the event and body caps of `limits`.
+    pub fn new(provider: &'static str, body: Body, timeouts: Timeouts, limits: &Limits) -> SseStream {
+        SseStream {
+            provider,
+            body,
+            decoder: SseDecoder::new(limits.event_bytes),
+            received: 0,
+            max_bytes: limits.stream_bytes,
+            timeouts,
+            first: true,
+        }
+    }
+
     /// The next event; `None` when the server closed the stream.
     pub async fn next(&mut self) -> Result<Option<SseEvent>, ProviderError> {
         let limit = if self.first { self.timeouts.first_event } else { self.timeouts.idle };
-        let next = tokio::time::timeout(limit, self.inner.next()).await.map_err(|_| {
+        let next = tokio::time::timeout(limit, self.read_event()).await.map_err(|_| {
             ProviderError::transient(self.provider, format!("no data from the server for {} s", limit.as_secs()))
         })?;
         self.first = false;
-        match next {
-            None => Ok(None),
-            Some(Ok(e)) => Ok(Some(SseEvent { event: e.event, data: e.data })),
-            Some(Err(EventStreamError::Transport(e))) => {
-                Err(ProviderError::transient(self.provider, format!("connection lost mid-response: {e}")))
+        next
+    }
+
+    /// Feeds every event to `parser` until it is done or the stream ends,
+    /// then asks it for the response.
+    pub async fn parse<P: StreamParser>(
+        mut self,
+        mut parser: P,
+        sink: &mut DeltaSink<'_>,
+    ) -> Result<ModelResponse, ProviderError> {
+        while let Some(event) = self.next().await? {
+            if parser.event(&event, sink)? == Flow::Done {
+                break;
             }
-            Some(Err(e)) => Err(ProviderError::fatal(self.provider, format!("malformed event stream: {e}"))),
+        }
+        parser.finish()
+    }
+
+    async fn read_event(&mut self) -> Result<Option<SseEvent>, ProviderError> {
+        loop {
+            let event = self
+                .decoder
+                .next()
+                .map_err(|e| ProviderError::fatal(self.provider, format!("malformed event stream: {e}")))?;
+            if event.is_some() {
+                return Ok(event);
+            }
+            let chunk = match self.body.next().await {
+                None => return Ok(None),
+                Some(Err(e)) => {
+                    return Err(ProviderError::transient(self.provider, format!("connection lost mid-response: {e}")));
+                }
+                Some(Ok(chunk)) => chunk,
+            };
+            self.received = self.received.saturating_add(chunk.len());
+            if self.received > self.max_bytes {
+                let cap = bytes_text(self.max_bytes);
+                return Err(ProviderError::fatal(self.provider, format!("the response body exceeds {cap}")));
+            }
+            self.decoder.push(chunk);
         }
     }
 }
@@ -173,7 +215,7 @@ pub async fn post_sse(
             retry_after,
         });
     }
-    Ok(SseStream { provider, inner: Box::pin(response.bytes_stream().eventsource()), timeouts: *timeouts, first: true })
+    Ok(SseStream::new(provider, Box::pin(response.bytes_stream()), *timeouts, &Limits::DEFAULT))
 }
 
 /// The message inside an error body, in the shapes the providers use
@@ -208,7 +250,56 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 
 #[cfg(test)]
 mod tests {
+    use futures::stream;
+
     use super::*;
+    use crate::provider::testing::SMALL;
+    use crate::provider::{MAX_EVENT_BYTES, anthropic, gemini, openai};
+
+    /// A stream over `body`, read with the default caps unless told.
+    fn events(body: impl Stream<Item = Bytes> + Send + 'static, limits: &Limits) -> SseStream {
+        SseStream::new("test", Box::pin(body.map(Ok::<Bytes, reqwest::Error>)), Timeouts::default(), limits)
+    }
+
+    async fn parse_with(parser: impl StreamParser, body: &'static [u8]) -> Result<ModelResponse, ProviderError> {
+        let body = stream::iter([Bytes::from_static(body)]);
+        events(body, &Limits::DEFAULT).parse(parser, &mut |_| {}).await
+    }
+
+    #[tokio::test]
+    async fn invalid_utf8_in_a_frame_is_a_fatal_provider_error_for_every_provider() {
+        let body = b"data: {\"type\": \"ping\"}\n\ndata: {\"text\": \"\xff\xfe\"}\n\n";
+        let results = [
+            parse_with(anthropic::Parser::new(Limits::DEFAULT), body).await,
+            parse_with(openai::Parser::new(Limits::DEFAULT), body).await,
+            parse_with(gemini::Parser::new(Limits::DEFAULT), body).await,
+        ];
+        for result in results {
+            let error = result.unwrap_err();
+            assert!(!error.retryable);
+            assert_eq!(error.to_string(), "test: malformed event stream: a line is not valid UTF-8");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_100_mib_line_without_a_newline_stops_at_the_event_cap() {
+        let chunk = Bytes::from(vec![b'a'; 1 << 20]);
+        let body = stream::iter([Bytes::from_static(b"data: ")]).chain(stream::iter(std::iter::repeat_n(chunk, 100)));
+        let mut events = events(body, &Limits::DEFAULT);
+        let error = events.next().await.unwrap_err();
+        assert_eq!(error.to_string(), "test: malformed event stream: an event is longer than 8 MiB");
+        assert!(!error.retryable);
+        assert!(events.received <= MAX_EVENT_BYTES + (1 << 20), "read {} bytes", events.received);
+    }
+
+    #[tokio::test]
+    async fn a_body_past_the_stream_cap_is_a_provider_error() {
+        // Comments only: no event ever completes, so only the body cap ends it.
+        let body = stream::iter(std::iter::repeat(Bytes::from_static(b": keep-alive\n")));
+        let error = events(body, &SMALL).next().await.unwrap_err();
+        assert_eq!(error.to_string(), "test: the response body exceeds 8192 bytes");
+        assert!(!error.retryable);
+    }
 
     #[test]
     fn error_messages_are_found_in_each_shape() {

@@ -10,13 +10,32 @@
 //! Modules: [`anthropic`] (Messages API), [`openai`] (Chat Completions, also
 //! Ollama, vLLM, llama.cpp, LM Studio), [`gemini`] (streamGenerateContent),
 //! [`scripted`] (offline playback for the demo and tests); `http` holds what
-//! the HTTP ones share (client, status handling, SSE with timeouts).
+//! the HTTP ones share (client, status handling, the event stream with its
+//! timeouts), `sse` turns body bytes into server-sent events, and `frame`
+//! reads the JSON inside an event.
+//!
+//! # Provider input is untrusted
+//!
+//! A provider is a network peer: a hosted API, or whatever OpenAI-compatible
+//! server the operator points `base_url` at. Nothing it sends may crash the
+//! host or make it allocate without bound, so each HTTP provider reads its
+//! stream through a small state machine (a `StreamParser`) that builds the
+//! response in a `ResponseAssembler`, and every cap below is enforced in
+//! exactly one place: tool calls, argument and response bytes and the event
+//! count in the assembler, event and body size in `sse` and `http`, the form
+//! and range of an index on the wire in `frame`. Breaking a cap is a fatal
+//! [`ProviderError`] that says which one; it is never retried, since the
+//! same server would likely send the same thing again.
 
 pub mod anthropic;
+mod frame;
 pub mod gemini;
 mod http;
 pub mod openai;
 pub mod scripted;
+mod sse;
+#[cfg(test)]
+mod testing;
 
 use std::path::Path;
 use std::time::Duration;
@@ -286,43 +305,204 @@ pub async fn stream_with_retries(
     }
 }
 
-/// Accumulates streamed tool calls by index, for providers that stream
-/// them in pieces.
-#[derive(Default)]
-pub(crate) struct CallAssembler {
-    calls: Vec<RawToolCall>,
+/// Tool calls in one response. An index on the wire (OpenAI's tool-call
+/// index) must be below it; so must the count of calls a response starts.
+pub const MAX_TOOL_CALLS: usize = 128;
+
+/// Bytes of one tool call's argument text.
+pub const MAX_CALL_ARGUMENT_BYTES: usize = 4 << 20;
+
+/// Bytes of one response's content: its text plus every tool call's id, name
+/// and arguments.
+pub const MAX_RESPONSE_BYTES: usize = 16 << 20;
+
+/// Server-sent events in one response, empty ones and pings included. A real
+/// response sends about one event per output token, so a 128k-token answer
+/// uses an eighth of this; it stops a server that streams nothing useful
+/// forever (the idle timeout only catches one that falls silent).
+pub const MAX_EVENTS: usize = 1 << 20;
+
+/// Bytes of one server-sent event: of any one line, and of the data lines of
+/// one event together. Gemini sends a tool call whole, so one event must
+/// hold a call's full arguments and the JSON around them.
+pub const MAX_EVENT_BYTES: usize = 2 * MAX_CALL_ARGUMENT_BYTES;
+
+/// Bytes of one response body as it comes off the wire. The framing (SSE
+/// fields, JSON envelopes, escapes) usually outweighs the content it
+/// carries, since most events hold a token or two, hence the factor.
+pub const MAX_STREAM_BYTES: usize = 4 * MAX_RESPONSE_BYTES;
+
+/// Content blocks in one Anthropic response (text, thinking and tool-use
+/// blocks are numbered together); a block index must be below it.
+pub const MAX_CONTENT_BLOCKS: usize = 8 * MAX_TOOL_CALLS;
+
+/// The caps one streamed response is held to. Production always uses
+/// [`Limits::DEFAULT`]; tests shrink them to reach each cap quickly.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Limits {
+    /// See [`MAX_TOOL_CALLS`].
+    pub tool_calls: usize,
+    /// See [`MAX_CALL_ARGUMENT_BYTES`].
+    pub call_argument_bytes: usize,
+    /// See [`MAX_RESPONSE_BYTES`].
+    pub response_bytes: usize,
+    /// See [`MAX_EVENTS`].
+    pub events: usize,
+    /// See [`MAX_EVENT_BYTES`].
+    pub event_bytes: usize,
+    /// See [`MAX_STREAM_BYTES`].
+    pub stream_bytes: usize,
 }
 
-impl CallAssembler {
-    /// A call starts at `index`.
-    pub fn start(&mut self, index: usize, id: String, name: String, sink: &mut DeltaSink<'_>) {
-        while self.calls.len() <= index {
-            self.calls.push(RawToolCall { id: String::new(), name: String::new(), arguments: String::new() });
+impl Limits {
+    /// The caps every provider uses.
+    pub const DEFAULT: Limits = Limits {
+        tool_calls: MAX_TOOL_CALLS,
+        call_argument_bytes: MAX_CALL_ARGUMENT_BYTES,
+        response_bytes: MAX_RESPONSE_BYTES,
+        events: MAX_EVENTS,
+        event_bytes: MAX_EVENT_BYTES,
+        stream_bytes: MAX_STREAM_BYTES,
+    };
+}
+
+/// A byte count for messages: whole MiB when it is one, else bytes.
+pub(crate) fn bytes_text(n: usize) -> String {
+    if n >= 1 << 20 && n.is_multiple_of(1 << 20) { format!("{} MiB", n >> 20) } else { format!("{n} bytes") }
+}
+
+/// What a [`StreamParser`] wants after an event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Flow {
+    /// Keep reading.
+    More,
+    /// The response is complete; stop reading.
+    Done,
+}
+
+/// One wire format's reading of a response stream, as a state machine: the
+/// HTTP code feeds it events one by one and asks for the response once the
+/// stream ends or the parser says [`Flow::Done`]. It does no I/O, so tests
+/// drive it with events directly.
+pub(crate) trait StreamParser {
+    /// Takes one event, reporting whatever it adds to the response to `sink`.
+    fn event(&mut self, event: &sse::SseEvent, sink: &mut DeltaSink<'_>) -> Result<Flow, ProviderError>;
+
+    /// The whole response, or why the stream did not make one.
+    fn finish(self) -> Result<ModelResponse, ProviderError>;
+}
+
+/// Builds one streamed response from its pieces (text, tool calls started
+/// by index, argument fragments), reports each piece to the sink, and holds
+/// the whole to its [`Limits`]: the count of events, the count of tool
+/// calls, the bytes of each call's arguments and of the response. Every
+/// provider's parser builds its response in one, so the caps are checked
+/// here and nowhere else. A piece that would break a cap is refused before
+/// it is stored or reported.
+pub(crate) struct ResponseAssembler {
+    provider: &'static str,
+    limits: Limits,
+    text: String,
+    /// By index; a slot whose call never got a name is dropped at the end.
+    calls: Vec<RawToolCall>,
+    /// Content bytes so far (text, ids, names, arguments).
+    bytes: usize,
+    events: usize,
+}
+
+impl ResponseAssembler {
+    /// An empty response from `provider`, held to `limits`.
+    pub fn new(provider: &'static str, limits: Limits) -> ResponseAssembler {
+        ResponseAssembler { provider, limits, text: String::new(), calls: Vec::new(), bytes: 0, events: 0 }
+    }
+
+    /// The caps this response is held to.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// Counts one event of the stream.
+    pub fn event(&mut self) -> Result<(), ProviderError> {
+        self.events += 1;
+        if self.events > self.limits.events {
+            return Err(self.error(format!("the response ran past {} events", self.limits.events)));
+        }
+        Ok(())
+    }
+
+    /// More assistant text.
+    pub fn text(&mut self, text: &str, sink: &mut DeltaSink<'_>) -> Result<(), ProviderError> {
+        self.spend(text.len())?;
+        self.text.push_str(text);
+        sink(Delta::Text(text.to_string()));
+        Ok(())
+    }
+
+    /// A tool call starts at `index` (or starts again: the id and name are
+    /// replaced).
+    pub fn start_call(
+        &mut self,
+        index: usize,
+        id: String,
+        name: String,
+        sink: &mut DeltaSink<'_>,
+    ) -> Result<(), ProviderError> {
+        if index >= self.limits.tool_calls {
+            return Err(self.error(format!("more than {} tool calls in one response", self.limits.tool_calls)));
+        }
+        self.spend(id.len() + name.len())?;
+        if self.calls.len() <= index {
+            self.calls.resize_with(index + 1, || RawToolCall {
+                id: String::new(),
+                name: String::new(),
+                arguments: String::new(),
+            });
         }
         sink(Delta::ToolCallStart { index, id: id.clone(), name: name.clone() });
         self.calls[index].id = id;
         self.calls[index].name = name;
+        Ok(())
     }
 
-    /// More argument text for the call at `index`.
-    pub fn args(&mut self, index: usize, fragment: &str, sink: &mut DeltaSink<'_>) {
+    /// More argument text for the call at `index`; dropped when no call
+    /// started there.
+    pub fn call_args(&mut self, index: usize, fragment: &str, sink: &mut DeltaSink<'_>) -> Result<(), ProviderError> {
+        let cap = self.limits.call_argument_bytes;
+        let Some(call) = self.calls.get(index) else { return Ok(()) };
         if fragment.is_empty() {
-            return;
+            return Ok(());
         }
-        if let Some(call) = self.calls.get_mut(index) {
-            call.arguments.push_str(fragment);
-            sink(Delta::ToolCallArgs { index, fragment: fragment.to_string() });
+        if call.arguments.len() + fragment.len() > cap {
+            return Err(self.error(format!("the arguments of tool call {index} exceed {}", bytes_text(cap))));
         }
+        self.spend(fragment.len())?;
+        self.calls[index].arguments.push_str(fragment);
+        sink(Delta::ToolCallArgs { index, fragment: fragment.to_string() });
+        Ok(())
     }
 
-    /// Whether a call at `index` has started.
-    pub fn has(&self, index: usize) -> bool {
+    /// Whether a call at `index` has started (with a name).
+    pub fn has_call(&self, index: usize) -> bool {
         self.calls.get(index).is_some_and(|c| !c.name.is_empty())
     }
 
-    /// The finished calls.
-    pub fn finish(self) -> Vec<RawToolCall> {
-        self.calls.into_iter().filter(|c| !c.name.is_empty()).collect()
+    /// The finished response.
+    pub fn finish(self, stop: StopReason, usage: Usage) -> ModelResponse {
+        let tool_calls = self.calls.into_iter().filter(|c| !c.name.is_empty()).collect();
+        ModelResponse { text: self.text, tool_calls, stop, usage }
+    }
+
+    fn spend(&mut self, bytes: usize) -> Result<(), ProviderError> {
+        self.bytes = self.bytes.saturating_add(bytes);
+        if self.bytes > self.limits.response_bytes {
+            let cap = bytes_text(self.limits.response_bytes);
+            return Err(self.error(format!("the response exceeds {cap} of text and tool calls")));
+        }
+        Ok(())
+    }
+
+    fn error(&self, message: String) -> ProviderError {
+        ProviderError::fatal(self.provider, message)
     }
 }
 
