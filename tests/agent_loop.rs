@@ -235,8 +235,10 @@ impl ToolRunner for Sleepy {
     }
 }
 
-/// Independent calls of one response run concurrently; results keep call order.
-#[tokio::test]
+/// Independent calls of one response run concurrently; results keep call
+/// order. The clock is paused: three 300 ms sleeps in a row would take
+/// 900 ms of it, at once they take 300 ms.
+#[tokio::test(start_paused = true)]
 async fn tool_calls_of_one_response_run_concurrently() {
     let sb = Sandbox::new();
     let calls: Vec<Value> = (0..3).map(|i| json!({"name": "Sleep", "arguments": {"n": i}})).collect();
@@ -245,9 +247,9 @@ async fn tool_calls_of_one_response_run_concurrently() {
     let cfg = config(10);
     let agent = Agent { provider: &provider, tools: &tools, config: &cfg };
     let mut history = user("sleep");
-    let started = Instant::now();
+    let started = tokio::time::Instant::now();
     agent.run(&mut history, &mut NoHooks, &mut |_| {}, &CancellationToken::new()).await.unwrap();
-    assert!(started.elapsed() < Duration::from_millis(800), "{:?}", started.elapsed());
+    assert_eq!(started.elapsed(), Duration::from_millis(300));
     let order: Vec<&str> = history
         .iter()
         .filter_map(|i| match i {

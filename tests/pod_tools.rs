@@ -35,6 +35,12 @@ fn call(tool: &str, arguments: Value) -> Value {
 
 impl Tree {
     async fn start(lead: Value, children: Value) -> Tree {
+        Tree::start_with(lead, children, "").await
+    }
+
+    /// As [`Tree::start`], with more manifest text for the lead (its
+    /// children inherit it).
+    async fn start_with(lead: Value, children: Value, extra_toml: &str) -> Tree {
         let sb = Sandbox::new();
         sb.file("proj/README", "top\n");
         sb.file("proj/sub/x.txt", "old\n");
@@ -44,8 +50,11 @@ impl Tree {
         sb.file("script.json", &json!({"turns": lead, "pods": children}).to_string());
         sb.file(
             "pod.toml",
-            "[pod]\nname = \"lead\"\n[provider]\nkind = \"scripted\"\nmodel = \"script\"\nscript = \"script.json\"\n\
-             [[scope.allow]]\ntarget = \"proj\"\npermission = \"write\"\n",
+            ("[pod]\nname = \"lead\"\n[provider]\nkind = \"scripted\"\nmodel = \"script\"\nscript = \"script.json\"\n\
+             [[scope.allow]]\ntarget = \"proj\"\npermission = \"write\"\n"
+                .to_string()
+                + extra_toml)
+                .as_str(),
         );
         let plugins = plugin_dir(&["probe"]);
         let lead = common::start_pod(&sb.root.join("pod.toml"), &sb.root, &[plugins.path().to_path_buf()], None)
@@ -101,8 +110,8 @@ impl Tree {
     async fn shutdown(self) {
         self.lead.request(Method::Shutdown { detach_children: false }).await.unwrap();
         self.lead.wait().await;
-        let lock = std::fs::read_to_string(self.sb.root.join("run/scope.lock")).unwrap();
-        assert!(!lock.contains("lead"), "claims left behind: {lock}");
+        let claims = ScopeLock::new(self.sb.root.join("run/scope.lock")).claims().unwrap();
+        assert!(claims.is_empty(), "claims left behind: {claims:?}");
     }
 }
 
@@ -257,8 +266,8 @@ async fn grandchildren_are_reachable_and_stop_with_their_parent() {
     assert_result(&r[4], "StopPod", false, "and its descendants mid.leaf");
     assert_result(&r[5], "ListPods", false, "mid [stopped]");
     assert!(r[5].1.contains("mid.leaf [stopped]"), "{r:?}");
-    let lock = std::fs::read_to_string(tree.sb.root.join("run/scope.lock")).unwrap();
-    assert!(!lock.contains("lead.mid"), "{lock}");
+    let claims = ScopeLock::new(tree.sb.root.join("run/scope.lock")).claims().unwrap();
+    assert!(claims.iter().all(|c| !c.pod.starts_with("lead.mid")), "{claims:?}");
     // The middle pod reached its child, but not its parent, nor itself by a full name.
     let sessions = SessionStore::new(tree.sb.root.join("sessions"));
     let mid = sessions.load(&sessions.resolve("latest", "lead.mid").unwrap()).unwrap();
@@ -328,4 +337,193 @@ async fn detached_children_outlive_their_parent_and_keep_their_scope() {
     tokio::io::AsyncWriteExt::write_all(&mut stream, b"{\"method\": \"shutdown\"}\n").await.unwrap();
     tokio::time::timeout(Duration::from_secs(20), tree.lead.wait_family()).await.expect("the worker stopped");
     assert!(lock.claims().unwrap().is_empty());
+}
+
+/// Sends `shutdown` to a pod's socket, as an operator would.
+async fn stop_by_operator(socket: &std::path::Path) {
+    let mut stream = tokio::net::UnixStream::connect(socket).await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut stream, b"{\"method\": \"shutdown\"}\n").await.unwrap();
+}
+
+/// Every pod tool refuses bad and extra arguments, and names no pod it
+/// does not have: unknown pods are "no such pod" for send, stop and read;
+/// a pod without children lists none.
+#[tokio::test]
+async fn pod_tools_refuse_bad_arguments_and_unknown_pods() {
+    let scope = json!([{"target": "sub", "permission": "read"}]);
+    let lead = json!([
+        call("ListPods", json!({})),
+        call("SendToPod", json!({"name": "ghost", "message": "hi"})),
+        call("StopPod", json!({"name": "ghost"})),
+        call("ReadPodOutput", json!({"name": "ghost"})),
+        call("SpawnPod", json!({})),
+        call("SpawnPod", json!({"name": "a", "task": "t", "scope": scope, "bogus": 1})),
+        call("SendToPod", json!({"name": "ghost"})),
+        call("SendToPod", json!({"name": "ghost", "message": "m", "urgent": true})),
+        call("ReadPodOutput", json!({})),
+        call("StopPod", json!({"name": 5})),
+        call("ListPods", json!({"all": true})),
+        {"text": "done"}
+    ]);
+    let mut tree = Tree::start(lead, json!({})).await;
+    tree.run("go").await;
+    let r = tree.results().await;
+    assert_eq!(r.len(), 11, "{r:#?}");
+    assert_result(&r[0], "ListPods", false, "You have no child pods");
+    for (i, tool) in [(1, "SendToPod"), (2, "StopPod"), (3, "ReadPodOutput")] {
+        assert_result(&r[i], tool, true, "no such pod: \"ghost\"");
+    }
+    let bad = [(4, "SpawnPod", "missing field"), (5, "SpawnPod", "unknown field `bogus`")];
+    let bad = bad.into_iter().chain([(6, "SendToPod", "missing field `message`"), (7, "SendToPod", "unknown field")]);
+    let bad = bad.chain([(8, "ReadPodOutput", "missing field `name`"), (9, "StopPod", "invalid type")]);
+    for (i, tool, needle) in bad.chain([(10, "ListPods", "unknown field `all`")]) {
+        assert_result(&r[i], tool, true, needle);
+        assert!(r[i].1.contains("bad arguments"), "{:?}", r[i]);
+    }
+    tree.shutdown().await;
+}
+
+/// A pod whose manifest does not grant child pods to the pod tools is not
+/// offered them, and a call anyway is refused saying so.
+#[tokio::test]
+async fn child_pods_need_the_grant() {
+    let spawn = json!({"name": "a", "task": "t", "scope": [{"target": "sub", "permission": "read"}]});
+    let lead = json!([call("SpawnPod", spawn), call("ListPods", json!({})), {"text": "done"}]);
+    let grant = "[[plugins.grant]]\nplugin = \"pod_tools\"\npods = false\n";
+    let mut tree = Tree::start_with(lead, json!({}), grant).await;
+    let Answer::History { greeting, .. } = tree.lead.request(Method::GetHistory {}).await.unwrap() else { panic!() };
+    assert!(!greeting.tools.iter().any(|t| t == "SpawnPod"), "{:?}", greeting.tools);
+    assert!(greeting.tools.iter().any(|t| t == "Read"), "{:?}", greeting.tools);
+    tree.run("go").await;
+    let r = tree.results().await;
+    assert_result(&r[0], "SpawnPod", true, "was not granted child pods");
+    assert_result(&r[1], "ListPods", false, "You have no child pods");
+    tree.shutdown().await;
+}
+
+/// The limits on children: a second live child past `max_children` and a
+/// grandchild past `max_depth` are refused, naming the limit.
+#[tokio::test]
+async fn children_and_depth_are_limited() {
+    let spawn = |name: &str, target: &str| {
+        call("SpawnPod", json!({"name": name, "task": "t", "scope": [{"target": target, "permission": "read"}]}))
+    };
+    let lead = json!([spawn("a", "sub"), spawn("b", "docs"), {"text": "done"}, {"text": "noted"}, {"text": "noted"}]);
+    let children = json!({"lead.a": [spawn("deeper", "${cwd}"), {"delay_ms": 20000, "text": "never"}]});
+    let limits = "[limits]\nmax_children = 1\nmax_depth = 1\n";
+    let mut tree = Tree::start_with(lead, children, limits).await;
+    tree.run("go").await;
+    let r = tree.results().await;
+    assert_result(&r[0], "SpawnPod", false, "Started child pod \"a\"");
+    assert_result(&r[1], "SpawnPod", true, "[limits] max_children = 1");
+    // The child's own attempt, read from its socket.
+    let socket = tree.sb.root.join("run/lead.a/sock");
+    let mut stream = tokio::io::BufReader::new(tokio::net::UnixStream::connect(&socket).await.unwrap());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let refusal = loop {
+        tokio::io::AsyncWriteExt::write_all(stream.get_mut(), b"{\"method\": \"get_history\"}\n").await.unwrap();
+        let mut line = String::new();
+        loop {
+            line.clear();
+            tokio::io::AsyncBufReadExt::read_line(&mut stream, &mut line).await.unwrap();
+            if line.contains("\"history\"") {
+                break;
+            }
+        }
+        let event: Value = serde_json::from_str(&line).unwrap();
+        let result = event["items"].as_array().unwrap().iter().find(|i| i["type"] == "tool_result").cloned();
+        if let Some(result) = result {
+            break result;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the child never tried");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(refusal["is_error"], true, "{refusal}");
+    assert!(refusal["content"].as_str().unwrap().contains("max_depth = 1"), "{refusal}");
+    tree.shutdown().await;
+}
+
+/// A parent hears of its children in notes: a failed run (with the error),
+/// a pause before a tool call, a finished run, and a stop it did not ask
+/// for (with the write scope it gets back).
+#[tokio::test]
+async fn child_notes_say_failed_paused_finished_and_stopped() {
+    let spawn = |name: &str, target: &str, permission: &str| {
+        let scope = json!([{"target": target, "permission": permission}]);
+        call("SpawnPod", json!({"name": name, "task": "t", "scope": scope}))
+    };
+    let mut lead =
+        vec![spawn("failer", "sub", "read"), spawn("pauser", "docs", "read"), spawn("quitter", "sub/inner", "write")];
+    lead.push(json!({"text": "spawned"}));
+    lead.extend((0..10).map(|_| json!({"text": "noted"})));
+    let children = json!({
+        "lead.failer": [{"error": {"message": "model exploded"}}],
+        "lead.pauser": [call("Glob", json!({"pattern": "*"}))],
+        "lead.quitter": [{"text": "bye"}]
+    });
+    let mut tree = Tree::start_with(json!(lead), children, "[agent]\npause_before = [\"Glob\"]\n").await;
+    tree.run("go").await;
+    let note = |who: &'static str, what: &'static str| move |e: &PodEvent| matches!(e, PodEvent::Notification { message } if message.contains(who) && message.contains(what));
+    let seen_or_wait = async |tree: &mut Tree, who: &'static str, what: &'static str| {
+        let pick = note(who, what);
+        if !tree.seen.iter().any(&pick) {
+            tree.until(pick).await;
+        }
+    };
+    seen_or_wait(&mut tree, "\"failer\"", "model exploded").await;
+    assert!(tree.seen.iter().any(note("\"failer\"", "failed its run")), "{:?}", tree.seen);
+    seen_or_wait(&mut tree, "\"pauser\"", "paused before a tool call, waiting for an operator").await;
+    seen_or_wait(&mut tree, "\"quitter\"", "finished its run; 5 bytes of its output are unread").await;
+    stop_by_operator(&tree.sb.root.join("run/lead.quitter/sock")).await;
+    let given_back = format!("child pod \"quitter\" stopped; {} is yours again", tree.proj("sub/inner").display());
+    tree.until(|e| matches!(e, PodEvent::Notification { message } if *message == given_back)).await;
+    tree.shutdown().await;
+}
+
+/// ReadPodOutput past the kept tail says how many bytes are gone, and a
+/// stopped child's output can still be read, with its state.
+#[tokio::test]
+async fn read_output_reports_lost_bytes_and_a_stopped_child() {
+    let spawn = json!({"name": "talker", "task": "talk", "scope": [{"target": "docs", "permission": "read"}]});
+    let read = call("ReadPodOutput", json!({"name": "talker"}));
+    let lead = json!([call("SpawnPod", spawn), {"text": "wait"}, read, call("StopPod", json!({"name": "talker"})), read, {"text": "done"}]);
+    let long = "x".repeat((1 << 20) + 5000);
+    let mut tree = Tree::start(lead, json!({"lead.talker": [{"text": long}]})).await;
+    tree.run("go").await;
+    // The talker's finished run wakes the lead, which reads and stops it.
+    tree.until(|e| matches!(e, PodEvent::RunEnd { .. })).await;
+    let r = tree.results().await;
+    assert_result(&r[1], "ReadPodOutput", false, "earlier bytes were no longer kept");
+    assert!(r[1].1.contains("it is idle"), "{:?}", r[1]);
+    assert_result(&r[2], "StopPod", false, "Stopped pod \"talker\"");
+    assert_result(&r[3], "ReadPodOutput", false, "from \"talker\"; it is stopped");
+    tree.shutdown().await;
+}
+
+/// A pod that spawns and stops children for a long time keeps only its
+/// last 16 stopped children (and their output); older ones are forgotten.
+#[tokio::test]
+async fn only_the_latest_stopped_children_are_kept() {
+    let mut lead = Vec::new();
+    for i in 0..18 {
+        let scope = json!([{"target": "docs", "permission": "read"}]);
+        lead.push(call("SpawnPod", json!({"name": format!("c{i}"), "task": "t", "scope": scope})));
+        lead.push(call("StopPod", json!({"name": format!("c{i}")})));
+    }
+    lead.push(call("ListPods", json!({})));
+    lead.push(call("ReadPodOutput", json!({"name": "c0"})));
+    lead.push(json!({"text": "done"}));
+    let children: serde_json::Map<String, Value> =
+        (0..18).map(|i| (format!("lead.c{i}"), json!([{"delay_ms": 20000, "text": "never"}]))).collect();
+    let mut tree = Tree::start(json!(lead), Value::Object(children)).await;
+    tree.run("go").await;
+    let r = tree.results().await;
+    let listed = &r[36];
+    assert_result(listed, "ListPods", false, "16 pods, 0 alive");
+    // The result is the summary, a blank line, then one line per pod.
+    let names: Vec<&str> = listed.1.lines().skip(2).map(|l| l.split(' ').next().unwrap()).collect();
+    assert_eq!(names.len(), 16, "{names:?}");
+    assert!(!names.contains(&"c0") && !names.contains(&"c1") && names.contains(&"c17"), "{names:?}");
+    assert_result(&r[37], "ReadPodOutput", true, "no such pod");
+    tree.shutdown().await;
 }

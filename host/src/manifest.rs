@@ -13,6 +13,7 @@ use anyhow::{Context, bail};
 use serde::{Deserialize, Serialize};
 
 use crate::plugin::CallLimits;
+use crate::provider::{RetryPolicy, Timeouts};
 use crate::scope::{Access, RuleSpec, Scope};
 
 /// A manifest as written.
@@ -130,24 +131,26 @@ pub enum ProviderKind {
     Scripted,
 }
 
+// The provider defaults are `Timeouts::default()`'s and
+// `RetryPolicy::default()`'s, written once there.
 fn default_connect_timeout_ms() -> u64 {
-    10_000
+    Timeouts::default().connect.as_millis() as u64
 }
 
 fn default_first_event_timeout_ms() -> u64 {
-    120_000
+    Timeouts::default().first_event.as_millis() as u64
 }
 
 fn default_idle_timeout_ms() -> u64 {
-    60_000
+    Timeouts::default().idle.as_millis() as u64
 }
 
 fn default_max_retries() -> u32 {
-    4
+    RetryPolicy::default().max_retries
 }
 
 fn default_retry_base_ms() -> u64 {
-    500
+    RetryPolicy::default().base_delay.as_millis() as u64
 }
 
 /// `[agent]`

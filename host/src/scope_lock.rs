@@ -1,8 +1,18 @@
-//! The machine-wide scope lock: one JSON file, held under an exclusive
-//! `flock` while it is read and rewritten, that records every live pod's
-//! write scope with its owner process. A pod may start only if none of its
-//! write targets overlaps another live pod's, so two pods (in one host
-//! process or in several) never write the same tree.
+//! The machine-wide scope lock: one file, held under an exclusive `flock`
+//! while it is read and written, that records every live pod's write scope
+//! with its owner process. A pod may start only if none of its write targets
+//! overlaps another live pod's, so two pods (in one host process or in
+//! several) never write the same tree.
+//!
+//! The file is a log of JSON lines: an `epoch` header, then `claim` and
+//! `release` records, appended under the lock. Each process keeps the table
+//! the log describes in memory and reads only what others appended since its
+//! last look, and a claim is checked against an index of write targets, so
+//! taking or releasing a claim costs the same with ten claims or ten
+//! thousand. When the log has grown well past the live claims it is
+//! rewritten in place under a new epoch; a process that sees another epoch
+//! reads the log afresh. Durability is not needed: after a crash the
+//! crashed process's claims are dead anyway.
 //!
 //! Entries of processes that no longer exist (`kill -9`, a crash) are
 //! reclaimed whenever the lock is taken; a process is identified by its pid
@@ -19,12 +29,16 @@
 //! Claims are keyed by the pod's unique id (not its name, which repeats
 //! across namespaces); the name is kept for messages.
 
+use std::collections::{BTreeMap, HashMap};
 use std::fs::{File, OpenOptions};
-use std::io::{Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::DirBuilderExt;
+use std::io::{Read, Seek, SeekFrom};
+use std::ops::Bound;
+use std::os::unix::fs::{DirBuilderExt, FileExt};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Weak};
 
 use anyhow::{Context, bail};
+use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
 /// One live pod's claim.
@@ -46,49 +60,154 @@ pub struct Claim {
     pub write: Vec<PathBuf>,
 }
 
-#[derive(Debug, Default, Serialize, Deserialize)]
-struct Table {
+/// One line of the log.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+enum Record {
+    /// The first line: which generation of the log this is.
+    Epoch { epoch: String },
+    /// A claim was taken.
+    Claim(Claim),
+    /// The claim `id` of process `pid` went.
+    Release { pid: u32, id: String },
+}
+
+/// The format before the log: one JSON object holding every claim.
+#[derive(Serialize, Deserialize)]
+struct Legacy {
     claims: Vec<Claim>,
 }
 
+type Key = (u32, String);
+
+/// The live claims, indexed by owner and id, by write target, and by
+/// parent.
+#[derive(Debug, Default)]
+struct Table {
+    next: u64,
+    /// Claims in arrival order.
+    claims: BTreeMap<u64, Claim>,
+    ids: HashMap<Key, u64>,
+    targets: BTreeMap<PathBuf, Vec<u64>>,
+    children: HashMap<Key, Vec<u64>>,
+    /// Claims per owning process (pid, start time).
+    owners: HashMap<(u32, u64), usize>,
+}
+
 impl Table {
-    /// Removes the claims `gone` picks; their children pass to their parent.
-    fn remove(&mut self, gone: impl Fn(&Claim) -> bool) {
-        let (removed, kept): (Vec<Claim>, Vec<Claim>) = self.claims.drain(..).partition(|c| gone(c));
-        self.claims = kept;
-        for claim in &mut self.claims {
-            // Climb past every removed ancestor (at most all of them: a
-            // hand-edited file could hold a cycle).
-            for _ in 0..=removed.len() {
-                let Some(parent) = removed.iter().find(|r| r.pid == claim.pid && Some(&r.id) == claim.parent.as_ref())
-                else {
-                    break;
-                };
-                claim.parent = parent.parent.clone();
-            }
+    fn insert(&mut self, claim: Claim) {
+        let key = (claim.pid, claim.id.clone());
+        if self.ids.contains_key(&key) {
+            self.remove(&key);
         }
+        let seq = self.next;
+        self.next += 1;
+        self.ids.insert(key, seq);
+        for target in &claim.write {
+            self.targets.entry(target.clone()).or_default().push(seq);
+        }
+        if let Some(parent) = &claim.parent {
+            self.children.entry((claim.pid, parent.clone())).or_default().push(seq);
+        }
+        *self.owners.entry((claim.pid, claim.started)).or_default() += 1;
+        self.claims.insert(seq, claim);
     }
 
-    /// Whether `other` is the parent (by id), grandparent, ... of a claim of
-    /// process `pid` whose parent is `parent`.
+    /// Removes one claim; its children pass to its parent.
+    fn remove(&mut self, key: &Key) -> Option<Claim> {
+        let seq = self.ids.remove(key)?;
+        let claim = self.claims.remove(&seq)?;
+        for target in &claim.write {
+            if let Some(seqs) = self.targets.get_mut(target) {
+                seqs.retain(|s| *s != seq);
+                if seqs.is_empty() {
+                    self.targets.remove(target);
+                }
+            }
+        }
+        if let Some(parent) = &claim.parent
+            && let Some(siblings) = self.children.get_mut(&(claim.pid, parent.clone()))
+        {
+            siblings.retain(|s| *s != seq);
+        }
+        let owner = (claim.pid, claim.started);
+        if let Some(count) = self.owners.get_mut(&owner) {
+            *count -= 1;
+            if *count == 0 {
+                self.owners.remove(&owner);
+            }
+        }
+        for child in self.children.remove(key).unwrap_or_default() {
+            let Some(c) = self.claims.get_mut(&child) else { continue };
+            c.parent = claim.parent.clone();
+            if let Some(grandparent) = &claim.parent {
+                self.children.entry((claim.pid, grandparent.clone())).or_default().push(child);
+            }
+        }
+        Some(claim)
+    }
+
+    /// Claims whose write targets overlap `path` (contain it, or lie in it).
+    fn overlapping<'a>(&'a self, path: &'a Path) -> impl Iterator<Item = (&'a Claim, &'a PathBuf)> + 'a {
+        let above = path.ancestors().filter_map(|a| self.targets.get_key_value(a));
+        let below = self
+            .targets
+            .range::<Path, _>((Bound::Excluded(path), Bound::Unbounded))
+            .take_while(move |(t, _)| t.starts_with(path));
+        above.chain(below).flat_map(move |(target, seqs)| seqs.iter().map(move |s| (&self.claims[s], target)))
+    }
+
+    /// Whether `other` is the claim with id `parent` of process `pid`, or
+    /// that claim's parent, grandparent, ...
     fn is_ancestor(&self, other: &Claim, pid: u32, parent: Option<&str>) -> bool {
-        let mut next = parent;
+        let mut next = parent.map(str::to_string);
         // A chain longer than the table is a cycle in a damaged file.
         for _ in 0..=self.claims.len() {
-            let Some(name) = next else { return false };
-            if other.pid == pid && other.id == name {
+            let Some(id) = next else { return false };
+            if other.pid == pid && other.id == id {
                 return true;
             }
-            next = self.claims.iter().find(|c| c.pid == pid && c.id == name).and_then(|c| c.parent.as_deref());
+            next = self.ids.get(&(pid, id)).and_then(|s| self.claims[s].parent.clone());
         }
         false
     }
+
+    /// Removes the claims of processes that are gone; returns them.
+    fn reclaim_dead(&mut self) -> Vec<Claim> {
+        let dead: Vec<(u32, u64)> = self
+            .owners
+            .keys()
+            .filter(|(pid, started)| !start_time(*pid).is_some_and(|t| *started == 0 || t == *started))
+            .copied()
+            .collect();
+        if dead.is_empty() {
+            return Vec::new();
+        }
+        let keys: Vec<Key> = self
+            .claims
+            .values()
+            .filter(|c| dead.contains(&(c.pid, c.started)))
+            .map(|c| (c.pid, c.id.clone()))
+            .collect();
+        keys.iter().filter_map(|k| self.remove(k)).collect()
+    }
 }
 
-/// The lock file.
+/// What a process knows of the log: the table, and how far it has read.
+#[derive(Debug, Default)]
+struct Cache {
+    table: Table,
+    epoch: String,
+    offset: u64,
+    /// Records in the log, against compaction.
+    records: usize,
+}
+
+/// The lock file. Clones share what they have read of it.
 #[derive(Clone, Debug)]
 pub struct ScopeLock {
     path: PathBuf,
+    cache: Arc<Mutex<Cache>>,
 }
 
 /// A claim held by this process; released when dropped.
@@ -102,17 +221,39 @@ pub struct ClaimGuard {
 
 impl Drop for ClaimGuard {
     fn drop(&mut self) {
-        let pid = std::process::id();
-        if let Err(e) = self.lock.update(|table| table.remove(|c| c.pid == pid && c.id == self.id)) {
+        let key = (std::process::id(), self.id.clone());
+        let released = self.lock.update(|table| {
+            table.remove(&key);
+            Ok(vec![Record::Release { pid: key.0, id: key.1.clone() }])
+        });
+        if let Err(e) = released {
             tracing::warn!(pod = %self.pod, "cannot release the scope lock: {e:#}");
         }
     }
 }
 
+/// Rewrite the log when it holds this many more records than live claims.
+const COMPACT_SLACK: usize = 1024;
+
 impl ScopeLock {
-    /// The lock at `path` (created on first use).
+    /// The lock at `path` (created on first use). Every `ScopeLock` of one
+    /// path in this process shares what has been read of the file, so
+    /// thousands of claims keep one table, not one each.
     pub fn new(path: impl Into<PathBuf>) -> ScopeLock {
-        ScopeLock { path: path.into() }
+        static VIEWS: Mutex<Option<HashMap<PathBuf, Weak<Mutex<Cache>>>>> = Mutex::new(None);
+        let path = path.into();
+        let mut views = VIEWS.lock();
+        let views = views.get_or_insert_with(HashMap::new);
+        let cache = match views.get(&path).and_then(Weak::upgrade) {
+            Some(cache) => cache,
+            None => {
+                views.retain(|_, v| v.strong_count() > 0);
+                let cache = Arc::<Mutex<Cache>>::default();
+                views.insert(path.clone(), Arc::downgrade(&cache));
+                cache
+            }
+        };
+        ScopeLock { path, cache }
     }
 
     /// Claims `write` for the pod with id `id` (named `pod`), a child of the
@@ -130,33 +271,38 @@ impl ScopeLock {
             write: write.to_vec(),
         };
         self.update(|table| {
-            for other in table.claims.iter().filter(|o| !table.is_ancestor(o, pid, parent)) {
-                for mine in write {
-                    if let Some(theirs) = other.write.iter().find(|t| t.starts_with(mine) || mine.starts_with(t)) {
-                        bail!(
-                            "write scope {} overlaps {} held by pod {:?} (pid {}); two live pods may not write the same tree",
-                            mine.display(),
-                            theirs.display(),
-                            other.pod,
-                            other.pid
-                        );
-                    }
+            for mine in write {
+                let clash = table.overlapping(mine).find(|(other, _)| !table.is_ancestor(other, pid, parent));
+                if let Some((other, theirs)) = clash {
+                    bail!(
+                        "write scope {} overlaps {} held by pod {:?} (pid {}); two live pods may not write the same tree",
+                        mine.display(),
+                        theirs.display(),
+                        other.pod,
+                        other.pid
+                    );
                 }
             }
-            table.claims.push(me.clone());
-            Ok(())
-        })??;
+            table.insert(me.clone());
+            Ok(vec![Record::Claim(me.clone())])
+        })?;
         Ok(ClaimGuard { lock: self.clone(), id: id.to_string(), pod: pod.to_string() })
     }
 
-    /// The live claims.
+    /// The live claims, in the order they were taken.
     pub fn claims(&self) -> anyhow::Result<Vec<Claim>> {
-        self.update(|table| table.claims.clone())
+        let mut claims = Vec::new();
+        self.update(|table| {
+            claims = table.claims.values().cloned().collect();
+            Ok(Vec::new())
+        })?;
+        Ok(claims)
     }
 
-    /// Runs `change` on the table under the file lock, after dropping the
-    /// claims of dead processes, and writes the result back.
-    fn update<R>(&self, change: impl FnOnce(&mut Table) -> R) -> anyhow::Result<R> {
+    /// Under the file lock: catches up with the log, reclaims the claims of
+    /// dead processes, runs `change` on the table and appends the records
+    /// it returns (or rewrites the log, when it has grown long).
+    fn update(&self, change: impl FnOnce(&mut Table) -> anyhow::Result<Vec<Record>>) -> anyhow::Result<()> {
         if let Some(dir) = self.path.parent() {
             std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
         }
@@ -168,26 +314,115 @@ impl ScopeLock {
             .open(&self.path)
             .with_context(|| format!("cannot open the scope lock {}", self.path.display()))?;
         file.lock().with_context(|| format!("cannot lock {}", self.path.display()))?;
-        let mut text = String::new();
-        file.read_to_string(&mut text)?;
-        let mut table: Table = if text.trim().is_empty() {
-            Table::default()
+        let mut cache = self.cache.lock();
+        let rewrite = self.catch_up(&mut file, &mut cache)?;
+        let mut records: Vec<Record> =
+            cache.table.reclaim_dead().into_iter().map(|c| Record::Release { pid: c.pid, id: c.id }).collect();
+        // What was reclaimed is written even when the change is refused.
+        let changed = change(&mut cache.table);
+        if let Ok(more) = &changed {
+            records.extend(more.iter().cloned());
+        }
+        if rewrite || cache.records + records.len() > cache.table.claims.len() * 2 + COMPACT_SLACK {
+            self.rewrite(&mut file, &mut cache)?;
         } else {
-            serde_json::from_str(&text).with_context(|| format!("{} is damaged", self.path.display()))?
+            append(&mut file, &mut cache, &records)?;
+        }
+        changed.map(drop)
+    }
+
+    /// Reads what was appended since this process last looked (all of it,
+    /// after a rewrite by another process). Says whether the file must be
+    /// rewritten (it was empty, in the old format, or ends in a torn line).
+    fn catch_up(&self, file: &mut File, cache: &mut Cache) -> anyhow::Result<bool> {
+        let damaged = || format!("{} is damaged", self.path.display());
+        let mut head = [0u8; 64];
+        let n = file.read_at(&mut head, 0)?;
+        let first = head[..n].split(|b| *b == b'\n').next().unwrap_or_default();
+        let epoch = match serde_json::from_slice::<Record>(first) {
+            Ok(Record::Epoch { epoch }) => Some(epoch),
+            _ => None,
         };
-        table.remove(|c| !start_time(c.pid).is_some_and(|t| c.started == 0 || t == c.started));
-        let result = change(&mut table);
-        write_table(&mut file, &table)?;
-        Ok(result)
+        match epoch {
+            Some(epoch) if epoch == cache.epoch => {}
+            Some(epoch) => *cache = Cache { epoch, ..Cache::default() },
+            None => {
+                // Empty, or the old single-object format: take its claims.
+                let mut text = String::new();
+                file.seek(SeekFrom::Start(0))?;
+                file.read_to_string(&mut text)?;
+                *cache = Cache::default();
+                if !text.trim().is_empty() {
+                    let legacy: Legacy = serde_json::from_str(&text).with_context(damaged)?;
+                    for claim in legacy.claims {
+                        cache.table.insert(claim);
+                    }
+                }
+                return Ok(true);
+            }
+        }
+        let mut text = Vec::new();
+        file.seek(SeekFrom::Start(cache.offset))?;
+        file.read_to_end(&mut text)?;
+        let mut torn = false;
+        let mut read = 0;
+        for line in text.split_inclusive(|b| *b == b'\n') {
+            if !line.ends_with(b"\n") {
+                // A writer died mid-line: the next write replaces it.
+                torn = true;
+                break;
+            }
+            read += line.len();
+            cache.records += 1;
+            match serde_json::from_slice::<Record>(line).with_context(damaged)? {
+                Record::Epoch { .. } => {}
+                Record::Claim(claim) => cache.table.insert(claim),
+                Record::Release { pid, id } => {
+                    cache.table.remove(&(pid, id));
+                }
+            }
+        }
+        cache.offset += read as u64;
+        if torn {
+            file.set_len(cache.offset)?;
+        }
+        Ok(false)
+    }
+
+    /// Writes the live claims as a new log under a new epoch.
+    fn rewrite(&self, file: &mut File, cache: &mut Cache) -> anyhow::Result<()> {
+        let epoch = format!("{:016x}", fastrand::u64(..));
+        let mut text = line(&Record::Epoch { epoch: epoch.clone() })?;
+        for claim in cache.table.claims.values() {
+            text.extend(line(&Record::Claim(claim.clone()))?);
+        }
+        file.set_len(0)?;
+        file.write_all_at(&text, 0)?;
+        cache.epoch = epoch;
+        cache.offset = text.len() as u64;
+        cache.records = cache.table.claims.len() + 1;
+        Ok(())
     }
 }
 
-fn write_table(file: &mut File, table: &Table) -> anyhow::Result<()> {
-    let text = serde_json::to_vec_pretty(table)?;
-    file.seek(SeekFrom::Start(0))?;
-    file.set_len(0)?;
-    file.write_all(&text)?;
-    file.sync_data()?;
+fn line(record: &Record) -> anyhow::Result<Vec<u8>> {
+    let mut text = serde_json::to_vec(record)?;
+    text.push(b'\n');
+    Ok(text)
+}
+
+/// Appends `records` at the end of the log.
+fn append(file: &mut File, cache: &mut Cache, records: &[Record]) -> anyhow::Result<()> {
+    if records.is_empty() {
+        return Ok(());
+    }
+    let mut text = Vec::new();
+    for record in records {
+        text.extend(line(record)?);
+    }
+    file.write_all_at(&text, cache.offset)?;
+    cache.offset += text.len() as u64;
+    cache.records += records.len();
     Ok(())
 }
 
@@ -235,7 +470,7 @@ mod tests {
         };
         let dead = claim("ghost", u32::MAX - 1, None, "/p");
         let reused = claim("old", std::process::id(), None, "/q");
-        std::fs::write(lock.path.clone(), serde_json::to_vec(&Table { claims: vec![dead, reused] }).unwrap()).unwrap();
+        std::fs::write(lock.path.clone(), serde_json::to_vec(&Legacy { claims: vec![dead, reused] }).unwrap()).unwrap();
         let _p = lock.claim("new", "new", None, &["/p".into(), "/q".into()]).unwrap();
         let claims = lock.claims().unwrap();
         assert_eq!(claims.len(), 1);
@@ -258,7 +493,7 @@ mod tests {
         };
         let mut d = claim("d", "a", "/p/d");
         d.parent = None;
-        let table = Table { claims: vec![claim("a", "b", "/p/a"), claim("b", "a", "/p/b"), d] };
+        let table = Legacy { claims: vec![claim("a", "b", "/p/a"), claim("b", "a", "/p/b"), d] };
         std::fs::write(&lock.path, serde_json::to_vec(&table).unwrap()).unwrap();
         let err = lock.claim("c", "c", Some("a"), &["/p/d/x".into()]).unwrap_err();
         assert!(err.to_string().contains("held by pod \"d\""), "{err}");

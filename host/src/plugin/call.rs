@@ -9,12 +9,16 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use parking_lot::Mutex;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
 use wasmtime::component::ResourceTable;
 use wasmtime::{ResourceLimiter, Store, UpdateDeadline};
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use super::bindings::{Plugin, PluginPre};
+use super::engine::EPOCH_TICK;
 use super::network::HttpPolicy;
 use super::output::Capture;
 use super::pod_context::{CallLimits, PodContext};
@@ -95,14 +99,16 @@ impl std::fmt::Display for PluginLabel {
 
 /// Runs `body` against a fresh instance of `pre` for `pod`, within
 /// `limits` and by `deadline`, and turns every way it can fail into a
-/// [`ToolError`] naming the plugin. Dropping the returned future cancels
-/// the call at once.
+/// [`ToolError`] naming the plugin. Once it has computed for a tick, it
+/// computes only while holding a permit of `long_calls` (if given).
+/// Dropping the returned future cancels the call at once.
 pub async fn with_fresh_instance<R>(
     pre: &PluginPre<CallState>,
     label: &PluginLabel,
     pod: &Arc<PodContext>,
     limits: CallLimits,
     deadline: Instant,
+    long_calls: Option<Arc<Semaphore>>,
     body: impl AsyncFnOnce(&mut Store<CallState>, &Plugin) -> wasmtime::Result<R>,
 ) -> Result<R, ToolError> {
     let stdout = Capture::default();
@@ -125,12 +131,34 @@ pub async fn with_fresh_instance<R>(
     let mut store = Store::new(pre.engine(), state);
     store.limiter(|s| &mut s.limiter);
     store.set_epoch_deadline(1);
+    let started = Instant::now();
+    // The permit of the long-call lane this call holds, if any; given back
+    // when the call ends (the store drops the callback).
+    let held: Arc<Mutex<Option<OwnedSemaphorePermit>>> = Arc::default();
     store.epoch_deadline_callback(move |_| {
         if Instant::now() >= deadline {
-            Err(wasmtime::Error::new(DeadlineExceeded))
-        } else {
+            return Err(wasmtime::Error::new(DeadlineExceeded));
+        }
+        match &long_calls {
+            // A call still computing after its first tick is a long call:
+            // it computes only while it holds a permit, and at every tick
+            // gives it back and queues again. Long calls so take turns on
+            // the lane's cores and leave the others to short calls and
+            // the threads that serve clients.
+            Some(lane) if started.elapsed() >= EPOCH_TICK => {
+                held.lock().take();
+                let (lane, held) = (lane.clone(), held.clone());
+                Ok(UpdateDeadline::YieldCustom(
+                    1,
+                    Box::pin(async move {
+                        if let Ok(permit) = lane.acquire_owned().await {
+                            *held.lock() = Some(permit);
+                        }
+                    }),
+                ))
+            }
             // Let other tasks on this thread run between ticks.
-            Ok(UpdateDeadline::Yield(1))
+            _ => Ok(UpdateDeadline::Yield(1)),
         }
     });
 

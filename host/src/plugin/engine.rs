@@ -9,7 +9,7 @@ use wasmtime::{Config, Engine, InstanceAllocationStrategy, OptLevel, PoolingAllo
 
 /// How often the epoch advances. Deadlines are checked, and running guests
 /// yield to the async executor, at this granularity.
-pub const EPOCH_TICK: Duration = Duration::from_millis(10);
+pub const EPOCH_TICK: Duration = Duration::from_millis(1);
 
 /// Largest linear memory any call may have (the manifest's cap is at most this).
 pub const MAX_MEMORY_BYTES: usize = 4 << 30;

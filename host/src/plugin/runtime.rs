@@ -15,6 +15,7 @@ use std::time::Instant;
 
 use parking_lot::Mutex;
 use sha2::{Digest, Sha256};
+use tokio::sync::Semaphore;
 use wasmtime::Engine;
 use wasmtime::component::{HasSelf, Linker};
 
@@ -55,6 +56,8 @@ pub struct PluginRuntime {
     cache: ComponentCache,
     admission: Arc<Admission>,
     workers: Workers,
+    /// Permits to compute for long calls: one fewer than the cores.
+    long_calls: Arc<Semaphore>,
     ceilings: Ceilings,
     /// Prepared components by digest, while some set holds them.
     prepared: Mutex<HashMap<String, Weak<Prepared>>>,
@@ -70,6 +73,7 @@ impl PluginRuntime {
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker).map_err(|e| anyhow::anyhow!("{e:?}"))?;
         Plugin::add_to_linker::<CallState, HasSelf<CallState>>(&mut linker, |s| s)
             .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
         let slots = match options.allocator {
             Allocator::Pooling => engine::POOL_COMPONENT_INSTANCES as usize,
             // Not bounded by a pool; bounded anyway, for memory's sake.
@@ -77,7 +81,8 @@ impl PluginRuntime {
         };
         Ok(Arc::new(PluginRuntime {
             admission: Admission::new(slots),
-            workers: Workers::per_core()?,
+            workers: Workers::start(cores)?,
+            long_calls: Arc::new(Semaphore::new(cores.saturating_sub(1).max(1))),
             ceilings: options.ceilings,
             _ticker: EpochTicker::start(engine.clone()),
             cache: ComponentCache::new(&options.cache_dir),
@@ -139,7 +144,7 @@ impl PluginRuntime {
         let described = {
             let _slot = self.admission.admit(RUNTIME_KEY).await;
             let deadline = Instant::now() + limits.timeout;
-            with_fresh_instance(&pre, label, &detached, limits, deadline, async |store, plugin| {
+            with_fresh_instance(&pre, label, &detached, limits, deadline, None, async |store, plugin| {
                 plugin.yoi_plugin_tool().call_describe(store).await
             })
             .await
@@ -169,6 +174,7 @@ impl PluginRuntime {
     ) -> Result<ToolOutput, ToolError> {
         let limits = pod.limits.capped(&self.ceilings);
         let (pod, tool, input, admission) = (pod.clone(), tool.to_string(), input.to_string(), self.admission.clone());
+        let lane = Some(self.long_calls.clone());
         let call = async move {
             let deadline = Instant::now() + limits.timeout;
             let turn = async {
@@ -188,7 +194,7 @@ impl PluginRuntime {
                 ));
             };
             let pre = &plugin.prepared.pre;
-            let result = with_fresh_instance(pre, &plugin.label, &pod, limits, deadline, async |store, i| {
+            let result = with_fresh_instance(pre, &plugin.label, &pod, limits, deadline, lane, async |store, i| {
                 i.yoi_plugin_tool().call_call(store, &tool, &input).await
             })
             .await?;

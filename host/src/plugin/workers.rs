@@ -35,11 +35,6 @@ impl Workers {
         Ok(Workers { runtime: Some(runtime) })
     }
 
-    /// As many threads as the machine has cores.
-    pub fn per_core() -> anyhow::Result<Workers> {
-        Workers::start(std::thread::available_parallelism().map_or(2, |n| n.get()))
-    }
-
     /// Runs `call` on the call threads. Dropping the returned handle aborts
     /// the call (its instance is dropped at its next yield).
     pub fn spawn<F>(&self, call: F) -> AbortOnDropHandle<F::Output>

@@ -84,6 +84,8 @@ struct Member {
     stopped_by: Option<String>,
     /// Its controller has ended; it is stopping its children and cleaning up.
     stopping: bool,
+    /// When it stopped, in the family's order of stops.
+    stopped_seq: Option<u64>,
     retry: RetryPolicy,
 }
 
@@ -91,6 +93,8 @@ struct Member {
 pub struct Family {
     config: FamilyConfig,
     members: Mutex<BTreeMap<String, Member>>,
+    /// Counts stops, to tell the oldest stopped children.
+    stops: std::sync::atomic::AtomicU64,
     me: Weak<Family>,
 }
 
@@ -100,7 +104,12 @@ struct Link(Weak<Family>);
 impl Family {
     /// An empty family.
     pub fn new(config: FamilyConfig) -> Arc<Family> {
-        Arc::new_cyclic(|me| Family { config, members: Mutex::new(BTreeMap::new()), me: me.clone() })
+        Arc::new_cyclic(|me| Family {
+            config,
+            members: Mutex::new(BTreeMap::new()),
+            stops: Default::default(),
+            me: me.clone(),
+        })
     }
 
     /// Starts a pod with no parent.
@@ -137,6 +146,7 @@ impl Family {
             cursors: HashMap::new(),
             stopped_by: None,
             stopping: false,
+            stopped_seq: None,
             retry,
         };
         self.members.lock().insert(name.clone(), member);
@@ -216,9 +226,13 @@ impl Family {
     /// parent asked for the stop.
     pub(super) async fn stopped(&self, name: &str) {
         let note = {
-            let members = self.members.lock();
-            let Some(me) = members.get(name) else { return };
+            let mut members = self.members.lock();
+            let seq = self.stops.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let Some(me) = members.get_mut(name) else { return };
+            me.stopped_seq = Some(seq);
             let Some(parent_name) = me.parent.clone() else { return };
+            forget_oldest_stopped(&mut members, &parent_name);
+            let Some(me) = members.get(name) else { return };
             Self::refresh_scope(&members, &parent_name);
             let Some(parent) = members.get(&parent_name) else { return };
             if parent.stopping || me.stopped_by.as_deref() == Some(parent_name.as_str()) {
@@ -531,6 +545,34 @@ fn is_descendant(members: &BTreeMap<String, Member>, name: &str, ancestor: &str)
         parent = members.get(p).and_then(|m| m.parent.as_deref());
     }
     false
+}
+
+/// Stopped children a pod still lists (and whose output it may read).
+const KEPT_STOPPED_CHILDREN: usize = 16;
+
+/// Forgets the oldest stopped children of `parent` past
+/// [`KEPT_STOPPED_CHILDREN`], with their (stopped) descendants, so a pod
+/// that spawns children for weeks does not keep every one's output.
+fn forget_oldest_stopped(members: &mut BTreeMap<String, Member>, parent: &str) {
+    let mut stopped: Vec<(u64, String)> = members
+        .iter()
+        .filter(|(_, m)| m.parent.as_deref() == Some(parent))
+        .filter_map(|(n, m)| m.stopped_seq.map(|seq| (seq, n.clone())))
+        .collect();
+    if stopped.len() <= KEPT_STOPPED_CHILDREN {
+        return;
+    }
+    stopped.sort();
+    for (_, name) in &stopped[..stopped.len() - KEPT_STOPPED_CHILDREN] {
+        let below: Vec<String> = members
+            .keys()
+            .filter(|n| is_descendant(members, n, name) && members[*n].stopped_seq.is_some())
+            .cloned()
+            .collect();
+        for n in below.iter().chain([name]) {
+            members.remove(n);
+        }
+    }
 }
 
 /// How many ancestors `name` has in the family.

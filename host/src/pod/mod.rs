@@ -24,6 +24,7 @@
 //! `family` (child pods), `output` (text for other pods to read).
 
 mod compaction;
+mod events;
 pub mod family;
 mod output;
 pub mod prompt;
@@ -56,8 +57,8 @@ use family::{Family, FamilyConfig};
 pub use output::OutputTail;
 use runtime_dir::{RuntimeDir, Status};
 
-/// Events buffered per client before a slow client is dropped.
-pub const CLIENT_BUFFER: usize = 1024;
+pub use events::CLIENT_BUFFER;
+use events::EventHub;
 
 /// The plugin whose state holds the read tracker (files a pod touched).
 const FS_TOOLS: &str = "fs_tools";
@@ -141,13 +142,14 @@ pub fn pod_context(
 /// The runtime directory and scope claim a pod holds until it stops.
 struct Held {
     runtime: Option<RuntimeDir>,
-    _claim: ClaimGuard,
+    /// None when the pod writes nowhere: there is nothing to keep apart.
+    _claim: Option<ClaimGuard>,
 }
 
 /// What the controller and the run task share.
 pub struct Shared {
     name: String,
-    events: broadcast::Sender<WireEvent>,
+    events: Arc<EventHub>,
     history: Mutex<Vec<Item>>,
     session: Mutex<SessionWriter>,
     notes: Mutex<Vec<String>>,
@@ -168,8 +170,7 @@ pub struct Shared {
 
 impl Shared {
     fn broadcast(&self, event: impl Into<WireEvent>) {
-        // No subscribers is fine.
-        let _ = self.events.send(event.into());
+        self.events.send(event.into());
     }
 
     fn log(&self, entry: &Entry) {
@@ -326,7 +327,7 @@ pub struct PodView {
     pub namespace: Namespace,
     /// Its socket, when it is exposed on one.
     pub socket: Option<PathBuf>,
-    events: broadcast::Sender<WireEvent>,
+    events: Arc<EventHub>,
     lifecycle: watch::Receiver<Lifecycle>,
     /// Its assistant text, for other pods to read.
     pub output: Arc<OutputTail>,
@@ -483,12 +484,17 @@ fn open_pod(spec: &MemberSpec, config: &FamilyConfig, id: &PodId, parent: Option
         Exposure::Socket => Some(RuntimeDir::claim(&config.runtime_root, name)?),
         Exposure::HostOnly => None,
     };
-    let claim = config.scope_lock.claim(
-        id.as_str(),
-        &config.namespace.qualify(name),
-        parent.map(PodId::as_str),
-        &family::write_targets(&manifest.scope),
-    )?;
+    let write = family::write_targets(&manifest.scope);
+    let claim = if write.is_empty() {
+        None
+    } else {
+        Some(config.scope_lock.claim(
+            id.as_str(),
+            &config.namespace.qualify(name),
+            parent.map(PodId::as_str),
+            &write,
+        )?)
+    };
     let mut last_usage = None;
     let (history, session) = match &spec.resume {
         Some(id) => {
@@ -557,7 +563,7 @@ async fn start_pod(
         session: String::new(),
         state: String::new(),
     };
-    let (events, _) = broadcast::channel(CLIENT_BUFFER);
+    let events = Arc::new(EventHub::default());
     let (lifecycle, watching) = watch::channel(Lifecycle::Idle);
     let socket = opened.held.runtime.as_ref().map(RuntimeDir::socket);
     let listener = socket.as_deref().map(server::bind).transpose()?;

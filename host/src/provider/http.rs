@@ -314,4 +314,30 @@ mod tests {
         assert_eq!(error_message(r#"{"error":{"message":"m"}}"#), "m");
         assert_eq!(error_message("plain text\n"), "plain text");
     }
+
+    /// The first event may take `first_event`, each later one `idle`; a
+    /// server silent for longer is a transient error. The clock is paused, so
+    /// the waits take no real time.
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_server_times_out_first_and_between_events() {
+        let timeouts = Timeouts {
+            connect: Duration::from_secs(1),
+            first_event: Duration::from_secs(90),
+            idle: Duration::from_secs(20),
+        };
+        let silent = || Box::pin(stream::pending::<Result<Bytes, reqwest::Error>>());
+        let mut never = SseStream::new("test", silent(), timeouts, &Limits::DEFAULT);
+        let started = tokio::time::Instant::now();
+        let error = never.next().await.unwrap_err();
+        assert_eq!(started.elapsed(), Duration::from_secs(90));
+        assert!(error.retryable && error.message.contains("no data from the server for 90 s"), "{error}");
+
+        let one_then_silence = stream::iter([Ok(Bytes::from_static(b"data: hi\n\n"))]).chain(stream::pending());
+        let mut stalls = SseStream::new("test", Box::pin(one_then_silence), timeouts, &Limits::DEFAULT);
+        assert_eq!(stalls.next().await.unwrap().unwrap().data, "hi");
+        let started = tokio::time::Instant::now();
+        let error = stalls.next().await.unwrap_err();
+        assert_eq!(started.elapsed(), Duration::from_secs(20));
+        assert!(error.message.contains("for 20 s"), "{error}");
+    }
 }

@@ -31,6 +31,7 @@ pub mod anthropic;
 mod frame;
 pub mod gemini;
 mod http;
+pub use http::Timeouts;
 pub mod openai;
 pub mod scripted;
 mod sse;
@@ -560,5 +561,62 @@ mod tests {
         assert!(p.delay(10, None) <= Duration::from_secs(1));
         assert_eq!(p.delay(0, Some(Duration::from_secs(3))), Duration::from_secs(1));
         assert_eq!(p.delay(0, Some(Duration::from_millis(200))), Duration::from_millis(200));
+    }
+
+    /// Fails with a transient error asking for `retry_after` until its
+    /// `failures` run out, then answers.
+    struct Flaky {
+        failures: parking_lot::Mutex<u32>,
+        retry_after: Option<Duration>,
+    }
+
+    #[async_trait::async_trait]
+    impl Provider for Flaky {
+        fn name(&self) -> &'static str {
+            "flaky"
+        }
+
+        fn model(&self) -> &str {
+            "flaky"
+        }
+
+        async fn stream(&self, _: &ModelRequest<'_>, _: &mut DeltaSink<'_>) -> Result<ModelResponse, ProviderError> {
+            let mut left = self.failures.lock();
+            if *left == 0 {
+                return Ok(ModelResponse {
+                    text: "ok".into(),
+                    tool_calls: Vec::new(),
+                    stop: StopReason::EndTurn,
+                    usage: Usage::default(),
+                });
+            }
+            *left -= 1;
+            Err(ProviderError { retry_after: self.retry_after, ..ProviderError::transient("flaky", "busy") })
+        }
+    }
+
+    fn request() -> ModelRequest<'static> {
+        ModelRequest { system: String::new(), items: &[], tools: &[], max_tokens: 1, temperature: None }
+    }
+
+    /// Retries wait what the server asked (capped by the policy), in the
+    /// runtime's own clock: paused here, so the test takes no real time.
+    #[tokio::test(start_paused = true)]
+    async fn retries_wait_as_asked_and_give_up_after_the_budget() {
+        let policy =
+            RetryPolicy { max_retries: 3, base_delay: Duration::from_secs(1), max_delay: Duration::from_secs(20) };
+        let flaky = Flaky { failures: parking_lot::Mutex::new(2), retry_after: Some(Duration::from_secs(7)) };
+        let started = tokio::time::Instant::now();
+        let response = stream_with_retries(&flaky, &request(), &policy, &mut |_| {}).await.unwrap();
+        assert_eq!(response.text, "ok");
+        assert_eq!(started.elapsed(), Duration::from_secs(14), "two waits of the 7 s the server asked for");
+
+        // A longer wait than the policy allows is capped; the budget ends it.
+        let stubborn = Flaky { failures: parking_lot::Mutex::new(10), retry_after: Some(Duration::from_secs(600)) };
+        let started = tokio::time::Instant::now();
+        let error = stream_with_retries(&stubborn, &request(), &policy, &mut |_| {}).await.unwrap_err();
+        assert_eq!(error.message, "busy");
+        assert_eq!(started.elapsed(), Duration::from_secs(60), "three waits capped at 20 s");
+        assert_eq!(*stubborn.failures.lock(), 6, "first attempt plus three retries");
     }
 }
