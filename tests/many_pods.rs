@@ -71,25 +71,43 @@ impl Host {
         turns: Option<Value>,
         exposure: Exposure,
     ) -> anyhow::Result<PodHandle> {
+        self.start_with(namespace, name, dir, Some(turns), exposure, "").await
+    }
+
+    /// As [`Host::start`], with more manifest text; `None` for no model at
+    /// all (no `[provider]`).
+    async fn start_with(
+        &self,
+        namespace: &Namespace,
+        name: &str,
+        dir: &str,
+        model: Option<Option<Value>>,
+        exposure: Exposure,
+        extra_toml: &str,
+    ) -> anyhow::Result<PodHandle> {
         let work = self.sb.dir(dir);
+        let provider_toml = match model {
+            Some(_) => "[provider]\nkind = \"scripted\"\nmodel = \"m\"\nscript = \"s.json\"\n",
+            None => "",
+        };
         let toml = format!(
-            "[pod]\nname = \"{name}\"\n[provider]\nkind = \"scripted\"\nmodel = \"m\"\nscript = \"s.json\"\n\
-             [[scope.allow]]\ntarget = \"{}\"\npermission = \"write\"\n",
+            "[pod]\nname = \"{name}\"\n{provider_toml}[[scope.allow]]\ntarget = \"{}\"\npermission = \"write\"\n{extra_toml}",
             work.display()
         );
         let manifest = self.sb.file(&format!("{dir}.toml"), &toml);
         let loaded = LoadedManifest::load(&manifest)?;
-        let provider: Arc<dyn Provider> = match turns {
-            Some(turns) => {
+        let provider: Option<Arc<dyn Provider>> = match model {
+            Some(Some(turns)) => {
                 let script = serde_json::from_value(json!({ "turns": turns }))?;
-                Arc::new(scripted::Scripted::new("m", script, &work))
+                Some(Arc::new(scripted::Scripted::new("m", script, &work)))
             }
-            None => Arc::new(Faulty),
+            Some(None) => Some(Arc::new(Faulty)),
+            None => None,
         };
         start(PodSpec {
             manifest: loaded,
             plugins: self.plugins.clone(),
-            provider: Some(provider),
+            provider,
             retry: RetryPolicy::default(),
             sessions: SessionStore::new(self.sb.root.join("sessions")),
             runtime_root: self.run_root(),
@@ -299,4 +317,96 @@ async fn plugin_sets_differ_per_pod_over_one_runtime() {
     let served = host.start(&Namespace::operator(), "served", "a", Some(json!([])), Exposure::HostOnly).await.unwrap();
     let Answer::History { greeting, .. } = served.request(Method::GetHistory {}).await.unwrap() else { panic!() };
     assert!(greeting.tools.iter().any(|t| t == "SpawnPod"), "{:?}", greeting.tools);
+}
+
+/// Every event of one run, until its `run_end`.
+async fn run_events(pod: &PodHandle, input: &str) -> Vec<Value> {
+    let mut events = pod.subscribe();
+    assert_eq!(pod.request(Method::Run { input: input.into() }).await.unwrap(), Answer::Accepted);
+    let mut seen = Vec::new();
+    loop {
+        let event = tokio::time::timeout(Duration::from_secs(30), events.recv()).await.expect("the run ended").unwrap();
+        let value = serde_json::to_value(&event).unwrap();
+        let last = value["type"] == "run_end";
+        seen.push(value);
+        if last {
+            return seen;
+        }
+    }
+}
+
+fn of_type<'a>(events: &'a [Value], kind: &str) -> Vec<&'a Value> {
+    events.iter().filter(|e| e["type"] == kind).collect()
+}
+
+/// A model that fails ends the run with an `error` (the provider's, with
+/// its message) and `run_end{failed}`, which the session log records too.
+#[tokio::test]
+async fn a_provider_failure_ends_the_run_as_failed() {
+    let host = Host::new().await;
+    let turns = json!([{"error": {"message": "the model is down"}}, {"text": "back"}]);
+    let pod = host.start(&Namespace::operator(), "flaky", "a", Some(turns), Exposure::HostOnly).await.unwrap();
+    let events = run_events(&pod, "hi").await;
+    let errors = of_type(&events, "error");
+    assert_eq!(errors.len(), 1, "{events:#?}");
+    assert_eq!(errors[0]["code"], "provider_error");
+    assert!(errors[0]["message"].as_str().unwrap().contains("the model is down"), "{}", errors[0]);
+    assert_eq!(events.last().unwrap()["outcome"], "failed");
+    // The pod carries on.
+    assert_eq!(run_events(&pod, "again").await.last().unwrap()["outcome"], "finished");
+    let sessions = SessionStore::new(host.sb.root.join("sessions"));
+    let log = sessions.load(&sessions.resolve("latest", "flaky").unwrap()).unwrap();
+    assert_eq!(log.items.len(), 3, "user, user, assistant: nothing of the failed request: {:?}", log.items);
+}
+
+/// `max_turns` model requests in a run end it with `limit_reached`.
+#[tokio::test]
+async fn the_turn_limit_ends_the_run_with_limit_reached() {
+    let host = Host::new().await;
+    let glob = json!({"tool_calls": [{"name": "Glob", "arguments": {"pattern": "*"}}]});
+    let turns = json!([glob, glob, glob]);
+    let ns = Namespace::operator();
+    let pod = host.start_with(&ns, "busy", "a", Some(Some(turns)), Exposure::HostOnly, "[agent]\nmax_turns = 2\n");
+    let events = run_events(&pod.await.unwrap(), "loop").await;
+    assert_eq!(of_type(&events, "turn_start").len(), 2);
+    assert_eq!(events.last().unwrap()["outcome"], "limit_reached");
+}
+
+/// A pod without a `[provider]` serves tool calls only: `run` is refused
+/// with a reason, and the pod stays idle.
+#[tokio::test]
+async fn run_on_a_pod_without_a_model_is_refused() {
+    let host = Host::new().await;
+    let pod = host.start_with(&Namespace::operator(), "tools", "a", None, Exposure::HostOnly, "").await.unwrap();
+    let refused = pod.request(Method::Run { input: "hi".into() }).await.unwrap();
+    let Answer::Refused { code, message } = refused else { panic!("{refused:?}") };
+    assert_eq!(code, ErrorCode::ProviderError);
+    assert!(message.contains("no [provider]"), "{message}");
+    assert_eq!(pod.lifecycle(), Lifecycle::Idle);
+}
+
+/// A run streams, at pod level, each turn's start and end, the model's
+/// usage, and a tool call's arguments as they arrive.
+#[tokio::test]
+async fn runs_stream_turns_usage_and_argument_deltas() {
+    let host = Host::new().await;
+    let glob = json!({"tool_calls": [{"name": "Glob", "arguments": {"pattern": "**/*.txt"}}]});
+    let turns = json!([glob, {"text": "none found"}]);
+    let pod = host.start(&Namespace::operator(), "chatty", "a", Some(turns), Exposure::HostOnly).await.unwrap();
+    let events = run_events(&pod, "look").await;
+    let ends = of_type(&events, "turn_end");
+    assert_eq!(
+        ends.iter().map(|e| (e["turn"].as_u64(), e["stop"].as_str())).collect::<Vec<_>>(),
+        [(Some(1), Some("tool_use")), (Some(2), Some("end_turn"))]
+    );
+    let usage = of_type(&events, "usage");
+    assert_eq!(usage.len(), 2);
+    assert!(usage.iter().all(|u| u["input_tokens"].as_u64().unwrap() > 0 && u["output_tokens"].is_u64()), "{usage:?}");
+    let deltas: String =
+        of_type(&events, "tool_call_args_delta").iter().map(|d| d["delta"].as_str().unwrap().to_string()).collect();
+    let start = of_type(&events, "tool_call_start");
+    assert_eq!(start.len(), 1);
+    assert!(of_type(&events, "tool_call_args_delta").iter().all(|d| d["id"] == start[0]["id"]));
+    assert_eq!(serde_json::from_str::<Value>(&deltas).unwrap(), json!({"pattern": "**/*.txt"}));
+    assert_eq!(of_type(&events, "tool_result")[0]["name"], "Glob");
 }

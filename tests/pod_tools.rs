@@ -481,12 +481,15 @@ async fn child_notes_say_failed_paused_finished_and_stopped() {
 }
 
 /// ReadPodOutput past the kept tail says how many bytes are gone, and a
-/// stopped child's output can still be read, with its state.
+/// stopped child's output can still be read, with its state; SendToPod to
+/// it says it is stopped.
 #[tokio::test]
 async fn read_output_reports_lost_bytes_and_a_stopped_child() {
     let spawn = json!({"name": "talker", "task": "talk", "scope": [{"target": "docs", "permission": "read"}]});
     let read = call("ReadPodOutput", json!({"name": "talker"}));
-    let lead = json!([call("SpawnPod", spawn), {"text": "wait"}, read, call("StopPod", json!({"name": "talker"})), read, {"text": "done"}]);
+    let send = call("SendToPod", json!({"name": "talker", "message": "more"}));
+    let stop = call("StopPod", json!({"name": "talker"}));
+    let lead = json!([call("SpawnPod", spawn), {"text": "wait"}, read, stop, read, send, {"text": "done"}]);
     let long = "x".repeat((1 << 20) + 5000);
     let mut tree = Tree::start(lead, json!({"lead.talker": [{"text": long}]})).await;
     tree.run("go").await;
@@ -497,6 +500,7 @@ async fn read_output_reports_lost_bytes_and_a_stopped_child() {
     assert!(r[1].1.contains("it is idle"), "{:?}", r[1]);
     assert_result(&r[2], "StopPod", false, "Stopped pod \"talker\"");
     assert_result(&r[3], "ReadPodOutput", false, "from \"talker\"; it is stopped");
+    assert_result(&r[4], "SendToPod", true, "pod \"talker\" is stopped; spawn it again");
     tree.shutdown().await;
 }
 
