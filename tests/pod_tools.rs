@@ -531,3 +531,23 @@ async fn only_the_latest_stopped_children_are_kept() {
     assert_result(&r[37], "ReadPodOutput", true, "no such pod");
     tree.shutdown().await;
 }
+
+/// Two spawns of one name in one turn run at once; one child starts, the
+/// other spawn is refused, and no pod is left behind unlisted.
+#[tokio::test]
+async fn concurrent_spawns_of_one_name_start_one_child() {
+    let spawn = |target: &str| {
+        let scope = json!([{"target": target, "permission": "read"}]);
+        json!({"name": "SpawnPod", "arguments": {"name": "twin", "task": "t", "scope": scope}})
+    };
+    let lead = json!([{"tool_calls": [spawn("sub"), spawn("docs")]}, call("ListPods", json!({})), {"text": "done"}]);
+    let mut tree = Tree::start(lead, json!({"lead.twin": [{"delay_ms": 20000, "text": "never"}]})).await;
+    tree.run("go").await;
+    let r = tree.results().await;
+    let started = r[..2].iter().filter(|(_, _, is_error)| !is_error).count();
+    assert_eq!(started, 1, "{r:#?}");
+    let refused = r[..2].iter().find(|(_, _, is_error)| *is_error).unwrap();
+    assert!(refused.1.contains("a child named \"twin\" is alive"), "{refused:?}");
+    assert_result(&r[2], "ListPods", false, "1 pods, 1 alive");
+    tree.shutdown().await;
+}

@@ -18,7 +18,7 @@
 //! - A pod that stops stops its children first, unless the operator asked
 //!   for detaching; detached children pass to the stopping pod's parent.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Weak};
 
@@ -93,9 +93,32 @@ struct Member {
 pub struct Family {
     config: FamilyConfig,
     members: Mutex<BTreeMap<String, Member>>,
+    /// Full names of children being spawned (checked, not yet members).
+    spawning: Mutex<HashSet<String>>,
     /// Counts stops, to tell the oldest stopped children.
     stops: std::sync::atomic::AtomicU64,
     me: Weak<Family>,
+}
+
+/// A child checked and ready to start: its spec, its rules, its working
+/// directory, and the hold on its name until it is a member.
+struct ChildSpec<'a> {
+    spec: MemberSpec,
+    rules: Vec<Rule>,
+    working_dir: PathBuf,
+    reservation: Reservation<'a>,
+}
+
+/// Holds a child's name while it is being spawned.
+struct Reservation<'a> {
+    family: &'a Family,
+    name: String,
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        self.family.spawning.lock().remove(&self.name);
+    }
 }
 
 /// [`PodControl`] for the pods of a family, without keeping it alive.
@@ -107,6 +130,7 @@ impl Family {
         Arc::new_cyclic(|me| Family {
             config,
             members: Mutex::new(BTreeMap::new()),
+            spawning: Mutex::default(),
             stops: Default::default(),
             me: me.clone(),
         })
@@ -249,12 +273,14 @@ impl Family {
     }
 
     async fn spawn_child(&self, caller: &str, request: SpawnRequest) -> Result<String, Refusal> {
-        let (spec, rules, cwd) = self.child_spec(caller, &request)?;
+        let ChildSpec { spec, rules, working_dir: cwd, reservation } = self.child_spec(caller, &request)?;
         let full = spec.manifest.manifest.pod.name.clone();
         let handle = self
             .start_member(spec, Some(caller.to_string()))
             .await
             .map_err(|e| Refusal::Failed(format!("cannot start pod {:?}: {e:#}", request.name)))?;
+        // A member now: its name is held by the members map.
+        drop(reservation);
         {
             let members = self.members.lock();
             Self::refresh_scope(&members, caller);
@@ -297,7 +323,7 @@ impl Family {
     /// Checks a spawn request against the caller's effective scope and
     /// builds the child's spec: its rules, the deny rules it inherits, its
     /// manifest and provider.
-    fn child_spec(&self, caller: &str, request: &SpawnRequest) -> Result<(MemberSpec, Vec<Rule>, PathBuf), Refusal> {
+    fn child_spec<'a>(&'a self, caller: &str, request: &SpawnRequest) -> Result<ChildSpec<'a>, Refusal> {
         let invalid = |m: String| Refusal::InvalidInput(m);
         let name = &request.name;
         let plain = name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-'));
@@ -313,6 +339,8 @@ impl Family {
         let full = format!("{caller}.{name}");
         validate_pod_name(&full).map_err(|e| invalid(format!("{e}; pick a shorter name")))?;
 
+        // Under the lock, only a snapshot and the name's reservation: the
+        // file work (canonical paths) and the model's setup come after.
         let mut members = self.members.lock();
         let Some(parent) = members.get(caller) else {
             return Err(Refusal::Failed("the calling pod is not known to this host".into()));
@@ -336,9 +364,28 @@ impl Family {
             )));
         }
         let effective = parent.context.scope();
+        let parent_dir = parent.context.working_dir.clone();
+        let mut manifest = parent.manifest.clone();
+        let retry = parent.retry;
+        let writers: Vec<(String, Vec<PathBuf>)> = members
+            .iter()
+            .filter(|(_, m)| m.parent.as_deref() == Some(caller) && !m.pod.is_stopped())
+            .map(|(n, m)| (relative(n, caller), m.write.clone()))
+            .collect();
+        // A stopped child of the same name makes room; a live one, or one
+        // being spawned by a call running beside this one, does not.
+        if members.get(&full).is_some_and(|old| !old.pod.is_stopped()) || !self.spawning.lock().insert(full.clone()) {
+            return Err(Refusal::Failed(format!("a child named {name:?} is alive; stop it or pick another name")));
+        }
+        if members.get(&full).is_some() {
+            members.remove(&full);
+        }
+        drop(members);
+        let reservation = Reservation { family: self, name: full.clone() };
+
         let mut allow = Vec::new();
         for (index, spec) in request.scope.iter().enumerate() {
-            allow.push(check_rule(index, spec, &parent.context.working_dir, &effective, &members, caller)?);
+            allow.push(check_rule(index, spec, &parent_dir, &effective, &writers)?);
         }
         let deny: Vec<Rule> = effective
             .deny
@@ -346,9 +393,8 @@ impl Family {
             .filter(|d| allow.iter().any(|a| d.target.starts_with(&a.target) || a.target.starts_with(&d.target)))
             .cloned()
             .collect();
-        let mut manifest = parent.manifest.clone();
-        let working_dir = if allow.iter().any(|r| r.covers(&parent.context.working_dir)) {
-            parent.context.working_dir.clone()
+        let working_dir = if allow.iter().any(|r| r.covers(&parent_dir)) {
+            parent_dir.clone()
         } else {
             let first = allow.iter().find(|r| r.permission == Permission::Write).unwrap_or(&allow[0]);
             first.target.clone()
@@ -380,15 +426,8 @@ impl Family {
             }
             None => None,
         };
-        // A stopped child of the same name makes room; a live one does not.
-        if let Some(old) = members.get(&full) {
-            if !old.pod.is_stopped() {
-                return Err(Refusal::Failed(format!("a child named {name:?} is alive; stop it or pick another name")));
-            }
-            members.remove(&full);
-        }
-        let retry = members.get(caller).map(|p| p.retry).unwrap_or_default();
-        Ok((MemberSpec { manifest, provider, retry, resume: None }, allow, working_dir))
+        let spec = MemberSpec { manifest, provider, retry, resume: None };
+        Ok(ChildSpec { spec, rules: allow, working_dir, reservation })
     }
 
     fn read_output(&self, caller: &str, name: &str) -> Result<ChildOutput, Refusal> {
@@ -466,8 +505,7 @@ fn check_rule(
     spec: &RuleSpec,
     working_dir: &Path,
     effective: &Scope,
-    members: &BTreeMap<String, Member>,
-    caller: &str,
+    writers: &[(String, Vec<PathBuf>)],
 ) -> Result<Rule, Refusal> {
     let perm = if spec.permission == Permission::Write { "write" } else { "read" };
     let label = format!("scope[{index}] ({perm} {})", spec.target.display());
@@ -483,7 +521,7 @@ fn check_rule(
     if granted_here < needed {
         let have = match granted_here {
             Access::None => "is outside your scope".to_string(),
-            _ => format!("is read-only for you{}", lent_note(members, caller, &target)),
+            _ => format!("is read-only for you{}", lent_note(writers, &target)),
         };
         return Err(refuse(format!("{} {have}", target.display())));
     }
@@ -501,7 +539,7 @@ fn check_rule(
                     "{} holds {}, which a child of yours writes{}",
                     target.display(),
                     tree.display(),
-                    lent_note(members, caller, tree)
+                    lent_note(writers, tree)
                 )));
             }
         }
@@ -509,13 +547,13 @@ fn check_rule(
     Ok(rule)
 }
 
-/// " (lent to pod X)" when a live child of `caller` writes at or around `path`.
-fn lent_note(members: &BTreeMap<String, Member>, caller: &str, path: &Path) -> String {
-    members
+/// " (child pod X writes there)" when one of `writers` (the caller's live
+/// children, by relative name) writes at or around `path`.
+fn lent_note(writers: &[(String, Vec<PathBuf>)], path: &Path) -> String {
+    writers
         .iter()
-        .filter(|(_, m)| m.parent.as_deref() == Some(caller) && !m.pod.is_stopped())
-        .find(|(_, m)| m.write.iter().any(|w| w.starts_with(path) || path.starts_with(w)))
-        .map(|(n, _)| format!(" (child pod {:?} writes there)", relative(n, caller)))
+        .find(|(_, write)| write.iter().any(|w| w.starts_with(path) || path.starts_with(w)))
+        .map(|(name, _)| format!(" (child pod {name:?} writes there)"))
         .unwrap_or_default()
 }
 
