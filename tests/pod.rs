@@ -71,7 +71,8 @@ impl Setup {
     }
 
     /// Starts `yoi-host run` serving the manifest, and waits for its socket.
-    async fn serve_in_process(&self, manifest: &Path, pod: &str) -> (std::process::Child, PathBuf) {
+    /// The process is killed if the test ends without waiting for it.
+    async fn serve_in_process(&self, manifest: &Path, pod: &str) -> (Served, PathBuf) {
         let child = self
             .yoi(&["run", "--manifest", manifest.to_str().unwrap()])
             .stdout(std::process::Stdio::null())
@@ -85,11 +86,38 @@ impl Setup {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        (child, socket)
+        (Served(child), socket)
     }
 
     async fn start(&self, resume: Option<String>) -> anyhow::Result<PodHandle> {
         common::start_pod(&self.manifest(), &self.sb.root.join("home"), &[], resume).await
+    }
+}
+
+/// A `yoi-host run` process of a test; killed if the test fails before
+/// waiting for it, so no server outlives its test.
+struct Served(std::process::Child);
+
+impl std::ops::Deref for Served {
+    type Target = std::process::Child;
+
+    fn deref(&self) -> &std::process::Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Served {
+    fn deref_mut(&mut self) -> &mut std::process::Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
     }
 }
 

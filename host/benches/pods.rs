@@ -211,7 +211,7 @@ async fn starvation() {
     let host = Arc::new(Host::new().await);
     let pod = host.start("quiet").await;
     let context = host.context("quiet-tools", "");
-    let rounds = 300;
+    let rounds = 1000;
     let _ = probe_latency(&host, &pod, &context, 20).await;
     let calm = probe_latency(&host, &pod, &context, rounds).await;
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));

@@ -5,7 +5,9 @@
 //! file calls block that thread (they run inline, which is several times
 //! faster than hopping to a blocking pool). Neither may hold up a pod's
 //! socket or a provider's stream, so calls are spawned here and awaited
-//! from wherever they were asked for.
+//! from wherever they were asked for. The call threads also run at a lower
+//! priority than the rest of the process, so that when the cores are busy
+//! the threads that serve clients get them first.
 
 use std::future::Future;
 
@@ -29,6 +31,7 @@ impl Workers {
         let runtime = Builder::new_multi_thread()
             .worker_threads(threads.max(1))
             .thread_name("yoi-call")
+            .on_thread_start(yield_to_serving_threads)
             .enable_all()
             .build()
             .map_err(|e| anyhow::anyhow!("cannot start the tool-call threads: {e}"))?;
@@ -54,5 +57,22 @@ impl Drop for Workers {
         if let Some(runtime) = self.runtime.take() {
             runtime.shutdown_background();
         }
+    }
+}
+
+/// How much lower than the rest of the process call threads run (a nice
+/// value): when the cores are busy, the threads that serve clients,
+/// provider streams and controllers get them first.
+const CALL_THREAD_NICENESS: libc::c_int = 10;
+
+/// Lowers the calling thread's priority (Linux threads have their own
+/// nice value).
+fn yield_to_serving_threads() {
+    // SAFETY: gettid has no preconditions; setpriority on our own thread id
+    // changes only this thread's nice value.
+    let tid = unsafe { libc::gettid() };
+    let set = unsafe { libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, CALL_THREAD_NICENESS) };
+    if set != 0 {
+        tracing::debug!("cannot lower a call thread's priority: {}", std::io::Error::last_os_error());
     }
 }
