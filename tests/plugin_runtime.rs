@@ -8,7 +8,8 @@ use std::time::Duration;
 use common::{Sandbox, guest, host_with, plugin_dir, pod, rule, shared_cache};
 use serde_json::{Value, json};
 use yoi_host::plugin::{
-    Allocator, CallLimits, HostOptions, PluginSet, PluginSource, ToolErrorKind, ToolOutput, cache::CacheOutcome,
+    Allocator, CallLimits, Ceilings, HostOptions, PluginSet, PluginSource, ToolErrorKind, ToolOutput,
+    cache::CacheOutcome,
 };
 use yoi_host::scope::Permission::{Read, Write};
 
@@ -97,6 +98,48 @@ async fn infinite_loop_hits_the_deadline() {
     assert!(err.message.contains("plugin `probe`") && err.message.contains("300 ms"), "{err}");
     assert!(started.elapsed() < Duration::from_secs(5));
     assert_eq!(host.call(&pod, "Noop", "{}").await.unwrap().summary, "ok");
+}
+
+/// A pod's calls beyond its `concurrent_calls` wait their turn, and the
+/// wait counts against their deadline: with one call at a time, a call
+/// started 200 ms after one that spins to its 1 s deadline starts only then
+/// and ends at its own deadline (1.2 s), not a whole deadline after it
+/// started running (2 s). Another pod is not held up.
+#[tokio::test]
+async fn calls_beyond_the_pods_concurrency_wait_within_their_deadline() {
+    let host = std::sync::Arc::new(host_with(&["probe"]).await);
+    let limits = CallLimits { timeout: Duration::from_secs(1), concurrent_calls: 1, ..CallLimits::default() };
+    let pod = pod(&[], &[], limits);
+    let started = std::time::Instant::now();
+    let first = tokio::spawn({
+        let (host, pod) = (host.clone(), pod.clone());
+        async move { host.call(&pod, "Spin", "{}").await }
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let other = common::pod(&[], &[], CallLimits::default());
+    assert_eq!(host.call(&other, "Noop", "{}").await.unwrap().summary, "ok", "another pod runs at once");
+    let second = host.call(&pod, "Spin", "{}").await.unwrap_err();
+    let ended = started.elapsed();
+    assert_eq!(second.kind, ToolErrorKind::Timeout, "{second}");
+    assert_eq!(first.await.unwrap().unwrap_err().kind, ToolErrorKind::Timeout);
+    assert!(ended < Duration::from_millis(1700), "the wait did not count against the deadline: {ended:?}");
+    assert_eq!(host.call(&pod, "Noop", "{}").await.unwrap().summary, "ok");
+}
+
+/// The host's ceilings cap what a manifest asks: a pod allowed an hour
+/// and 4 GiB per call gets the operator's 300 ms and 64 MiB.
+#[tokio::test]
+async fn host_ceilings_cap_the_manifests_limits() {
+    let dir = plugin_dir(&["probe"]);
+    let ceilings = Ceilings { timeout: Duration::from_millis(300), memory_bytes: 64 << 20 };
+    let options = HostOptions { cache_dir: shared_cache(), allocator: Allocator::Pooling, ceilings };
+    let host = PluginSet::with_plugins(&options, &[dir.path().to_path_buf()]).await.unwrap();
+    let generous = CallLimits { timeout: Duration::from_secs(3600), memory_bytes: 4 << 30, ..CallLimits::default() };
+    let pod = pod(&[], &[], generous);
+    let spin = host.call(&pod, "Spin", "{}").await.unwrap_err();
+    assert!(spin.kind == ToolErrorKind::Timeout && spin.message.contains("300 ms"), "{spin}");
+    let hog = host.call(&pod, "Hog", "{}").await.unwrap_err();
+    assert!(hog.kind == ToolErrorKind::OutOfMemory && hog.message.contains("64 MiB"), "{hog}");
 }
 
 /// Dropping the future of a running call stops the guest: cancellation
