@@ -152,3 +152,30 @@ fn pod_commands_against_a_served_pod() {
     let gone = cmd(&["send", "clipod", "hello?"]).output().unwrap();
     assert_eq!(gone.status.code(), Some(2));
 }
+
+/// The operator's ceilings (`YOI_MAX_TOOL_TIMEOUT_MS`,
+/// `YOI_MAX_TOOL_MEMORY_MB`) cap what a manifest asks; a bad value is a
+/// setup error naming the variable.
+#[test]
+fn operator_ceilings_cap_the_manifest() {
+    let sb = Sandbox::new();
+    let m = manifest(&sb, "[limits]\ntool_timeout_ms = 600000\n");
+    let dir = plugin_dir(&["probe"]);
+    let plugins = dir.path().to_str().unwrap();
+    let call = |var: &str, value: &str| {
+        Command::new(env!("CARGO_BIN_EXE_yoi-host"))
+            .args(["tool", "call", "--plugins", plugins, "--manifest", &m, "Spin", "{}"])
+            .env("YOI_HOME", shared_cache().parent().unwrap().join("cli-home"))
+            .env(var, value)
+            .output()
+            .unwrap()
+    };
+    let out = call("YOI_MAX_TOOL_TIMEOUT_MS", "200");
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    let error = &stdout_json(&out)["error"];
+    assert_eq!(error["kind"], "timeout", "{error}");
+    assert!(error["message"].as_str().unwrap().contains("200 ms"), "{error}");
+    let bad = call("YOI_MAX_TOOL_MEMORY_MB", "lots");
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("YOI_MAX_TOOL_MEMORY_MB=\"lots\""));
+}

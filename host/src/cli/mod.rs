@@ -20,7 +20,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::home::Home;
 use crate::manifest::LoadedManifest;
-use crate::plugin::{Allocator, HostOptions, PluginSet, ToolError, ToolErrorKind};
+use crate::plugin::{Allocator, Ceilings, HostOptions, PluginSet, ToolError, ToolErrorKind};
 
 /// Hosts LLM agent pods whose tools run as WebAssembly components.
 #[derive(Parser, Debug)]
@@ -201,9 +201,32 @@ pub(crate) async fn plugin_host(dirs: &PluginDirs) -> anyhow::Result<PluginSet> 
         }
     }
     let home = Home::from_env()?;
-    let options =
-        HostOptions { cache_dir: home.cache_dir(), allocator: Allocator::Pooling, ceilings: Default::default() };
+    let ceilings = ceilings_from_env(&|var| std::env::var(var).ok())?;
+    let options = HostOptions { cache_dir: home.cache_dir(), allocator: Allocator::Pooling, ceilings };
     PluginSet::with_plugins(&options, &dirs.dirs).await
+}
+
+/// The operator's ceilings on every call, whatever a manifest asks:
+/// `YOI_MAX_TOOL_TIMEOUT_MS` and `YOI_MAX_TOOL_MEMORY_MB` (unset: the
+/// engine's own bounds).
+fn ceilings_from_env(env: &dyn Fn(&str) -> Option<String>) -> anyhow::Result<Ceilings> {
+    let mut ceilings = Ceilings::default();
+    let read = |var: &str| -> anyhow::Result<Option<u64>> {
+        match env(var).filter(|v| !v.trim().is_empty()) {
+            None => Ok(None),
+            Some(v) => match v.trim().parse::<u64>() {
+                Ok(n) if n > 0 => Ok(Some(n)),
+                _ => anyhow::bail!("{var}={v:?}: must be a whole number above 0"),
+            },
+        }
+    };
+    if let Some(ms) = read("YOI_MAX_TOOL_TIMEOUT_MS")? {
+        ceilings.timeout = ceilings.timeout.min(std::time::Duration::from_millis(ms));
+    }
+    if let Some(mb) = read("YOI_MAX_TOOL_MEMORY_MB")? {
+        ceilings.memory_bytes = ceilings.memory_bytes.min(mb.saturating_mul(1 << 20));
+    }
+    Ok(ceilings)
 }
 
 async fn plugins_list(dirs: &PluginDirs, json: bool) -> anyhow::Result<ExitCode> {
