@@ -12,6 +12,7 @@ use std::time::Duration;
 use common::Sandbox;
 use serde_json::{Value, json};
 use tokio::sync::broadcast;
+use yoi_host::history::Item;
 use yoi_host::identity::Namespace;
 use yoi_host::lifecycle::Lifecycle;
 use yoi_host::manifest::LoadedManifest;
@@ -51,6 +52,19 @@ struct Host {
 impl Host {
     async fn new() -> Host {
         Host { sb: Sandbox::new(), plugins: Arc::new(common::host_with(&[]).await) }
+    }
+
+    /// A host whose pods have the probe, which keeps a data directory.
+    async fn with_probe_data(plugins: &Path) -> Host {
+        std::fs::copy(common::guest("probe"), plugins.join("probe.wasm")).unwrap();
+        std::fs::write(plugins.join("probe.toml"), "data_dir = true\n").unwrap();
+        let options = HostOptions {
+            cache_dir: common::shared_cache(),
+            allocator: Allocator::Pooling,
+            ceilings: Default::default(),
+        };
+        let set = PluginSet::with_plugins(&options, &[plugins.to_path_buf()]).await.unwrap();
+        Host { sb: Sandbox::new(), plugins: Arc::new(set) }
     }
 
     fn run_root(&self) -> PathBuf {
@@ -409,4 +423,36 @@ async fn runs_stream_turns_usage_and_argument_deltas() {
     assert!(of_type(&events, "tool_call_args_delta").iter().all(|d| d["id"] == start[0]["id"]));
     assert_eq!(serde_json::from_str::<Value>(&deltas).unwrap(), json!({"pattern": "**/*.txt"}));
     assert_eq!(of_type(&events, "tool_result")[0]["name"], "Glob");
+}
+
+/// A plugin's data directory is the pod's own in its namespace: two pods
+/// named alike in two namespaces write to different places.
+#[tokio::test]
+async fn plugin_data_directories_are_kept_apart_by_namespace() {
+    let plugins = tempfile::tempdir().unwrap();
+    let host = Host::with_probe_data(plugins.path()).await;
+    let grant = "[[plugins.grant]]\nplugin = \"probe\"\ndata_dir = true\n";
+    let env_turns = json!([{"tool_calls": [{"name": "Env", "arguments": {}}]}, {"text": "seen"}]);
+    let mut dirs = Vec::new();
+    for (tenant, work) in [("acme", "acme-work"), ("globex", "globex-work")] {
+        let ns = Namespace::named(tenant).unwrap();
+        let pod = host.start_with(&ns, "coder", work, Some(Some(env_turns.clone())), Exposure::HostOnly, grant);
+        let pod = pod.await.unwrap();
+        run_to_end(&pod, "env?").await;
+        let Answer::History { items, .. } = pod.request(Method::GetHistory {}).await.unwrap() else { panic!() };
+        let content = items
+            .iter()
+            .find_map(|i| match i {
+                Item::ToolResult { content, .. } => Some(content.clone()),
+                _ => None,
+            })
+            .expect("the Env result");
+        let vars: Value = serde_json::from_str(content.trim_start_matches("env").trim()).unwrap();
+        dirs.push(vars["vars"]["YOI_DATA_DIR"].as_str().unwrap().to_string());
+    }
+    let data = host.sb.root.join("data");
+    assert_eq!(
+        dirs,
+        [data.join("@acme/coder/probe").display().to_string(), data.join("@globex/coder/probe").display().to_string()]
+    );
 }
