@@ -2,7 +2,8 @@
 //! that advances its epoch (the clock behind every call's deadline).
 
 use std::hash::{Hash, Hasher};
-use std::sync::mpsc;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, OptLevel, PoolingAllocationConfig};
@@ -71,32 +72,70 @@ pub fn engine_fingerprint(engine: &Engine) -> String {
     format!("{:016x}", hasher.finish())
 }
 
-/// Advances the engine's epoch every [`EPOCH_TICK`] until dropped.
+/// Advances the engine's epoch every [`EPOCH_TICK`] while any call runs,
+/// until dropped. With no call running it sleeps, so an idle host costs no
+/// CPU for its clock.
 pub struct EpochTicker {
-    stop: Option<mpsc::Sender<()>>,
+    state: Arc<TickerState>,
     thread: Option<std::thread::JoinHandle<()>>,
+}
+
+struct TickerState {
+    /// Calls running now.
+    active: AtomicUsize,
+    stop: AtomicBool,
+}
+
+/// Keeps the epoch ticking while a call runs; made by [`EpochTicker::running`].
+pub struct Ticking {
+    state: Arc<TickerState>,
+}
+
+impl Drop for Ticking {
+    fn drop(&mut self) {
+        self.state.active.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl EpochTicker {
     /// Starts the ticker thread for `engine`.
     pub fn start(engine: Engine) -> EpochTicker {
-        let (stop, stopped) = mpsc::channel::<()>();
+        let state = Arc::new(TickerState { active: AtomicUsize::new(0), stop: AtomicBool::new(false) });
+        let ticker = state.clone();
         let thread = std::thread::Builder::new()
             .name("yoi-epoch".into())
             .spawn(move || {
-                while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(EPOCH_TICK) {
+                while !ticker.stop.load(Ordering::Acquire) {
+                    if ticker.active.load(Ordering::Acquire) == 0 {
+                        // Woken by the next call (or the stop); a spurious
+                        // wake-up just looks again.
+                        std::thread::park();
+                        continue;
+                    }
+                    std::thread::sleep(EPOCH_TICK);
                     engine.increment_epoch();
                 }
             })
             .expect("cannot start the epoch thread");
-        EpochTicker { stop: Some(stop), thread: Some(thread) }
+        EpochTicker { state, thread: Some(thread) }
+    }
+
+    /// Marks a call as running until the returned guard drops.
+    pub fn running(&self) -> Ticking {
+        if self.state.active.fetch_add(1, Ordering::AcqRel) == 0
+            && let Some(thread) = &self.thread
+        {
+            thread.thread().unpark();
+        }
+        Ticking { state: self.state.clone() }
     }
 }
 
 impl Drop for EpochTicker {
     fn drop(&mut self) {
-        drop(self.stop.take());
+        self.state.stop.store(true, Ordering::Release);
         if let Some(thread) = self.thread.take() {
+            thread.thread().unpark();
             let _ = thread.join();
         }
     }

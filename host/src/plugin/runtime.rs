@@ -61,7 +61,7 @@ pub struct PluginRuntime {
     ceilings: Ceilings,
     /// Prepared components by digest, while some set holds them.
     prepared: Mutex<HashMap<String, Weak<Prepared>>>,
-    _ticker: EpochTicker,
+    ticker: EpochTicker,
 }
 
 impl PluginRuntime {
@@ -84,7 +84,7 @@ impl PluginRuntime {
             workers: Workers::start(cores)?,
             long_calls: Arc::new(Semaphore::new(cores.saturating_sub(1).max(1))),
             ceilings: options.ceilings,
-            _ticker: EpochTicker::start(engine.clone()),
+            ticker: EpochTicker::start(engine.clone()),
             cache: ComponentCache::new(&options.cache_dir),
             prepared: Mutex::new(HashMap::new()),
             engine,
@@ -143,6 +143,7 @@ impl PluginRuntime {
         let limits = detached.limits;
         let described = {
             let _slot = self.admission.admit(RUNTIME_KEY).await;
+            let _ticking = self.ticker.running();
             let deadline = Instant::now() + limits.timeout;
             with_fresh_instance(&pre, label, &detached, limits, deadline, None, async |store, plugin| {
                 plugin.yoi_plugin_tool().call_describe(store).await
@@ -175,6 +176,7 @@ impl PluginRuntime {
         let limits = pod.limits.capped(&self.ceilings);
         let (pod, tool, input, admission) = (pod.clone(), tool.to_string(), input.to_string(), self.admission.clone());
         let lane = Some(self.long_calls.clone());
+        let ticking = self.ticker.running();
         let call = async move {
             let deadline = Instant::now() + limits.timeout;
             let turn = async {
@@ -193,6 +195,7 @@ impl PluginRuntime {
                     ),
                 ));
             };
+            let _ticking = ticking;
             let pre = &plugin.prepared.pre;
             let result = with_fresh_instance(pre, &plugin.label, &pod, limits, deadline, lane, async |store, i| {
                 i.yoi_plugin_tool().call_call(store, &tool, &input).await
