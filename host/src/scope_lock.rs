@@ -35,7 +35,7 @@ use std::io::{Read, Seek, SeekFrom};
 use std::ops::Bound;
 use std::os::unix::fs::{DirBuilderExt, FileExt};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, LazyLock, Weak};
 
 use anyhow::{Context, bail};
 use parking_lot::Mutex;
@@ -240,10 +240,9 @@ impl ScopeLock {
     /// path in this process shares what has been read of the file, so
     /// thousands of claims keep one table, not one each.
     pub fn new(path: impl Into<PathBuf>) -> ScopeLock {
-        static VIEWS: Mutex<Option<HashMap<PathBuf, Weak<Mutex<Cache>>>>> = Mutex::new(None);
+        static VIEWS: LazyLock<Mutex<HashMap<PathBuf, Weak<Mutex<Cache>>>>> = LazyLock::new(Mutex::default);
         let path = path.into();
         let mut views = VIEWS.lock();
-        let views = views.get_or_insert_with(HashMap::new);
         let cache = match views.get(&path).and_then(Weak::upgrade) {
             Some(cache) => cache,
             None => {

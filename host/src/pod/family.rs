@@ -82,8 +82,6 @@ struct Member {
     cursors: HashMap<String, u64>,
     /// The ancestor that asked it to stop, whose tool result says so.
     stopped_by: Option<String>,
-    /// Its controller has ended; it is stopping its children and cleaning up.
-    stopping: bool,
     /// When it stopped, in the family's order of stops.
     stopped_seq: Option<u64>,
     retry: RetryPolicy,
@@ -169,7 +167,6 @@ impl Family {
             write,
             cursors: HashMap::new(),
             stopped_by: None,
-            stopping: false,
             stopped_seq: None,
             retry,
         };
@@ -213,8 +210,7 @@ impl Family {
     pub(super) async fn stop_children(&self, name: &str, detach: bool) {
         let children: Vec<WeakPod> = {
             let mut members = self.members.lock();
-            let Some(me) = members.get_mut(name) else { return };
-            me.stopping = true;
+            let Some(me) = members.get(name) else { return };
             let grandparent = me.parent.clone();
             let mut children = Vec::new();
             for (child_name, child) in members.iter_mut() {
@@ -259,7 +255,7 @@ impl Family {
             let Some(me) = members.get(name) else { return };
             Self::refresh_scope(&members, &parent_name);
             let Some(parent) = members.get(&parent_name) else { return };
-            if parent.stopping || me.stopped_by.as_deref() == Some(parent_name.as_str()) {
+            if parent.pod.is_stopped() || me.stopped_by.as_deref() == Some(parent_name.as_str()) {
                 return;
             }
             let given_back = me.write.iter().map(|w| w.display().to_string()).collect::<Vec<_>>().join(", ");
@@ -345,7 +341,7 @@ impl Family {
         let Some(parent) = members.get(caller) else {
             return Err(Refusal::Failed("the calling pod is not known to this host".into()));
         };
-        if parent.stopping {
+        if parent.pod.is_stopped() {
             return Err(Refusal::Failed("this pod is stopping".into()));
         }
         let limits = &parent.manifest.manifest.limits;
@@ -639,7 +635,7 @@ async fn watch(family: Weak<Family>, name: String, mut run_ends: mpsc::Unbounded
             let Some(me) = members.get(&name) else { continue };
             let Some(parent) = me.parent.as_ref().and_then(|p| members.get(p).map(|m| (p, m))) else { continue };
             // Whoever stops a pod hears of it from the stop itself.
-            if parent.1.stopping || me.stopped_by.is_some() {
+            if parent.1.pod.is_stopped() || me.stopped_by.is_some() {
                 continue;
             }
             let who = relative(&name, parent.0);

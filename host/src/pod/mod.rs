@@ -612,7 +612,6 @@ async fn start_pod(
         compaction: manifest.manifest.compaction.clone(),
         pause_before: manifest.manifest.agent.pause_before.clone(),
         sessions: config.sessions.clone(),
-        state: Lifecycle::Idle,
         cancel: None,
         run: None,
     };
@@ -683,8 +682,6 @@ struct Controller {
     compaction: crate::manifest::CompactionSection,
     pause_before: Vec<String>,
     sessions: SessionStore,
-    /// Idle, running or paused (the stopping states belong to `supervise`).
-    state: Lifecycle,
     cancel: Option<CancellationToken>,
     /// The run in progress; dropping the controller aborts it.
     run: Option<AbortOnDropHandle<RunDone>>,
@@ -741,7 +738,7 @@ impl Controller {
                     if stopping.is_some() {
                         break;
                     }
-                    if self.state == Lifecycle::Idle && !self.shared.notes.lock().is_empty() {
+                    if self.state() == Lifecycle::Idle && !self.shared.notes.lock().is_empty() {
                         self.start_run("notify", false);
                     }
                 }
@@ -768,13 +765,19 @@ impl Controller {
         stopping.unwrap_or(false)
     }
 
+    /// The pod's state: the one the controller publishes (idle, running
+    /// or paused while the controller runs).
+    fn state(&self) -> Lifecycle {
+        *self.shared.lifecycle.borrow()
+    }
+
     /// Decides one request.
     fn decide(&mut self, method: Method, stopping: &mut Option<bool>) -> Answer {
         if stopping.is_some() && !matches!(method, Method::GetHistory {} | Method::Shutdown { .. }) {
             return Answer::refused(ErrorCode::NotRunning, "the pod is shutting down");
         }
         match method {
-            Method::Run { input } => match self.state {
+            Method::Run { input } => match self.state() {
                 Lifecycle::Running => {
                     Answer::refused(ErrorCode::AlreadyRunning, "a run is going on; cancel it or wait")
                 }
@@ -788,14 +791,14 @@ impl Controller {
                     Answer::Accepted
                 }
             },
-            Method::Resume {} => match self.state {
+            Method::Resume {} => match self.state() {
                 Lifecycle::Paused => {
                     self.start_run("resume", true);
                     Answer::Accepted
                 }
                 _ => Answer::refused(ErrorCode::NotPaused, "no run is paused"),
             },
-            Method::Cancel {} => match self.state {
+            Method::Cancel {} => match self.state() {
                 Lifecycle::Running => {
                     if let Some(c) = &self.cancel {
                         c.cancel();
@@ -838,7 +841,7 @@ impl Controller {
             return;
         }
         self.shared.notes.lock().push(message);
-        if self.state == Lifecycle::Idle {
+        if self.state() == Lifecycle::Idle {
             self.start_run("notify", false);
         }
     }
@@ -853,8 +856,7 @@ impl Controller {
         };
         let _ = self.shared.run_ends.send(RunEnded { outcome, error: failure });
         self.shared.log(&Entry::RunEnd { outcome });
-        self.state = if outcome == Outcome::Paused { Lifecycle::Paused } else { Lifecycle::Idle };
-        self.shared.set_state(self.state);
+        self.shared.set_state(if outcome == Outcome::Paused { Lifecycle::Paused } else { Lifecycle::Idle });
         self.shared.broadcast(PodEvent::RunEnd { outcome });
     }
 
@@ -868,7 +870,6 @@ impl Controller {
         let Some(provider) = self.provider.clone() else { return };
         let cancel = CancellationToken::new();
         self.cancel = Some(cancel.clone());
-        self.state = Lifecycle::Running;
         self.shared.set_state(Lifecycle::Running);
         self.shared.broadcast(PodEvent::RunStart { cause: cause.to_string() });
         let shared = self.shared.clone();
