@@ -575,3 +575,39 @@ fn config(max_turns: u32) -> AgentConfig {
         retry: RetryPolicy { max_retries: 0, ..RetryPolicy::default() },
     }
 }
+
+/// An error status whose body never ends, or stops coming, is read only in
+/// part (64 KiB, within the idle timeout): the host neither hangs nor holds
+/// what a hostile server keeps sending, and still reports the status.
+#[tokio::test]
+async fn an_error_body_that_never_ends_is_read_only_in_part() {
+    for endless in [true, false] {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut request = [0u8; 65536];
+            let _ = tokio::io::AsyncReadExt::read(&mut socket, &mut request).await;
+            let head = "HTTP/1.1 500 Error\r\ncontent-type: application/json\r\ncontent-length: 1000000000\r\n\r\n";
+            let _ = tokio::io::AsyncWriteExt::write_all(&mut socket, head.as_bytes()).await;
+            let _ = tokio::io::AsyncWriteExt::write_all(&mut socket, br#"{"error":{"message":"boom"#).await;
+            let chunk = vec![b'x'; 64 * 1024];
+            loop {
+                if endless {
+                    if tokio::io::AsyncWriteExt::write_all(&mut socket, &chunk).await.is_err() {
+                        return;
+                    }
+                } else {
+                    tokio::time::sleep(Duration::from_secs(60)).await;
+                    return;
+                }
+            }
+        });
+        let p = provider(&OpenAiWire, &url);
+        let answer = tokio::time::timeout(Duration::from_secs(20), p.stream(&request(), &mut |_| {})).await;
+        let error = answer.expect("the host gave up on the body").unwrap_err();
+        assert_eq!(error.status, Some(500), "{error}");
+        assert!(error.message.starts_with("HTTP 500: {\"error\":{\"message\":\"boom"), "{error}");
+        assert!(error.message.len() < 1024, "the message is cut");
+    }
+}

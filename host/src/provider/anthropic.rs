@@ -22,6 +22,7 @@ use super::{
     ResponseAssembler, StopReason, StreamParser, Usage, system_note, turns_by_role,
 };
 use crate::history::Item;
+use crate::plugin::truncate;
 
 const NAME: &str = "anthropic";
 /// The API version this module speaks.
@@ -130,8 +131,11 @@ impl StreamParser for Parser {
         if event.data.is_empty() {
             return Ok(Flow::More);
         }
-        let data = frame::parse(&event.data)
-            .map_err(|e| ProviderError::fatal(NAME, format!("malformed `{}` event: {e}", event.event)))?;
+        let data = frame::parse(&event.data).map_err(|e| {
+            // An event with no `event:` line is a `message`, as SSE names it.
+            let name = if event.event.is_empty() { "message" } else { &event.event };
+            ProviderError::fatal(NAME, format!("malformed `{name}` event: {e}"))
+        })?;
         let kind = data.get("type").str();
         let block_index = || wire_index(NAME, "content block index", data.get("index"), MAX_CONTENT_BLOCKS);
         match kind.as_deref().unwrap_or(&event.event) {
@@ -140,8 +144,13 @@ impl StreamParser for Parser {
                 let usage = &mut self.usage;
                 usage.cache_read_tokens = u.get("cache_read_input_tokens").u64().unwrap_or(0);
                 usage.cache_creation_tokens = u.get("cache_creation_input_tokens").u64().unwrap_or(0);
-                usage.input_tokens =
-                    u.get("input_tokens").u64().unwrap_or(0) + usage.cache_read_tokens + usage.cache_creation_tokens;
+                // Counts from the wire: added without overflowing.
+                usage.input_tokens = u
+                    .get("input_tokens")
+                    .u64()
+                    .unwrap_or(0)
+                    .saturating_add(usage.cache_read_tokens)
+                    .saturating_add(usage.cache_creation_tokens);
                 usage.output_tokens = u.get("output_tokens").u64().unwrap_or(0);
             }
             "content_block_start" => {
@@ -196,7 +205,7 @@ impl StreamParser for Parser {
             "error" => {
                 let error = data.get("error");
                 let kind = error.get("type").str().unwrap_or("error".into());
-                let message = error.get("message").str().unwrap_or("unknown error".into());
+                let message = truncate(&error.get("message").str().unwrap_or("unknown error".into()), 500);
                 let retryable = kind == "overloaded_error" || kind == "api_error";
                 return Err(ProviderError { retryable, ..ProviderError::fatal(NAME, format!("{kind}: {message}")) });
             }
@@ -301,6 +310,17 @@ mod tests {
         assert_eq!(message, "anthropic: content block index 4000000000 is out of range (must be below 1024)");
         let on_a_delta = feed(parser(), [start(), args(json!(4_000_000_000u64), "{}"), stop()]);
         assert!(on_a_delta.error().message.contains("4000000000 is out of range"));
+    }
+
+    /// Token counts come from the wire: their sum saturates rather than
+    /// overflowing (a panic in a debug build).
+    #[test]
+    fn anthropic_token_counts_at_u64_max_do_not_overflow() {
+        let usage = json!({"input_tokens": u64::MAX, "cache_read_input_tokens": 5, "cache_creation_input_tokens": 7});
+        let huge = named("message_start", &json!({"type": "message_start", "message": {"usage": usage}}));
+        let response = feed(parser(), [huge, stop()]).result.unwrap();
+        assert_eq!(response.usage.input_tokens, u64::MAX);
+        assert_eq!(response.usage.cache_read_tokens, 5);
     }
 
     #[test]

@@ -17,6 +17,7 @@ use super::{
     StreamParser, Usage, system_note, turns_by_role,
 };
 use crate::history::Item;
+use crate::plugin::truncate;
 
 const NAME: &str = "gemini";
 
@@ -138,7 +139,7 @@ impl StreamParser for Parser {
             .map_err(|e| ProviderError::fatal(NAME, format!("malformed stream chunk: {e}")))?;
         let error = chunk.get("error");
         if error.is_some() {
-            let message = error.get("message").str().unwrap_or("unknown error".into());
+            let message = truncate(&error.get("message").str().unwrap_or("unknown error".into()), 500);
             let code = error.get("code").u64().unwrap_or(0);
             let e = ProviderError::fatal(NAME, format!("error mid-stream: {message}"));
             return Err(ProviderError { retryable: code == 429 || code == 503 || code == 500, ..e });

@@ -156,7 +156,11 @@ impl SseStream {
             let chunk = match self.body.next().await {
                 None => return Ok(None),
                 Some(Err(e)) => {
-                    return Err(ProviderError::transient(self.provider, format!("connection lost mid-response: {e}")));
+                    let cause = error_chain(&e);
+                    return Err(ProviderError::transient(
+                        self.provider,
+                        format!("connection lost mid-response: {cause}"),
+                    ));
                 }
                 Some(Ok(chunk)) => chunk,
             };
@@ -205,7 +209,7 @@ pub async fn post_sse(
             .and_then(|v| v.trim().parse::<f64>().ok())
             .filter(|s| s.is_finite() && *s >= 0.0)
             .map(Duration::from_secs_f64);
-        let text = response.text().await.unwrap_or_default();
+        let text = error_body(response, timeouts.idle).await;
         let code = status.as_u16();
         return Err(ProviderError {
             provider,
@@ -235,6 +239,29 @@ pub fn error_message(body: &str) -> String {
         (None, Some(m)) => m.to_string(),
         _ => crate::plugin::truncate(body.trim(), 500),
     }
+}
+
+/// The most of an error body that is read: enough for any provider's
+/// message, and a bound on what a hostile server can make the host hold.
+const MAX_ERROR_BODY_BYTES: usize = 64 * 1024;
+
+/// The start of an error response's body (at most
+/// [`MAX_ERROR_BODY_BYTES`], read within `patience`), as text.
+async fn error_body(response: reqwest::Response, patience: Duration) -> String {
+    let mut body = Vec::new();
+    let mut chunks = response.bytes_stream();
+    let read = async {
+        while let Some(Ok(chunk)) = chunks.next().await {
+            let room = MAX_ERROR_BODY_BYTES - body.len();
+            body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+            if body.len() == MAX_ERROR_BODY_BYTES {
+                break;
+            }
+        }
+    };
+    // A body that never ends or never comes leaves what was read so far.
+    let _ = tokio::time::timeout(patience, read).await;
+    String::from_utf8_lossy(&body).into_owned()
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {

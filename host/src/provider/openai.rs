@@ -19,6 +19,7 @@ use super::{
     StreamParser, Usage,
 };
 use crate::history::Item;
+use crate::plugin::truncate;
 
 const NAME: &str = "openai";
 
@@ -152,7 +153,7 @@ impl StreamParser for Parser {
             frame::parse(data).map_err(|e| ProviderError::fatal(NAME, format!("malformed stream chunk: {e}")))?;
         let error = chunk.get("error");
         if error.is_some() {
-            let message = error.get("message").str().unwrap_or("unknown error".into());
+            let message = truncate(&error.get("message").str().unwrap_or("unknown error".into()), 500);
             return Err(ProviderError::fatal(NAME, format!("error mid-stream: {message}")));
         }
         let u = chunk.get("usage");
