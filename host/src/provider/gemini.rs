@@ -14,10 +14,9 @@ use super::http::{Endpoint, Timeouts, header_value};
 use super::sse::SseEvent;
 use super::{
     DeltaSink, Flow, Limits, ModelRequest, ModelResponse, Provider, ProviderError, ResponseAssembler, StopReason,
-    StreamParser, Usage, system_note, turns_by_role,
+    StreamParser, Usage, mid_stream_error, system_note, turns_by_role,
 };
 use crate::history::Item;
-use crate::plugin::truncate;
 
 const NAME: &str = "gemini";
 
@@ -139,9 +138,8 @@ impl StreamParser for Parser {
             .map_err(|e| ProviderError::fatal(NAME, format!("malformed stream chunk: {e}")))?;
         let error = chunk.get("error");
         if error.is_some() {
-            let message = truncate(&error.get("message").str().unwrap_or("unknown error".into()), 500);
             let code = error.get("code").u64().unwrap_or(0);
-            let e = ProviderError::fatal(NAME, format!("error mid-stream: {message}"));
+            let e = mid_stream_error(NAME, error);
             return Err(ProviderError { retryable: code == 429 || code == 503 || code == 500, ..e });
         }
         let u = chunk.get("usageMetadata");

@@ -393,6 +393,13 @@ pub(crate) trait StreamParser {
     fn finish(self) -> Result<ModelResponse, ProviderError>;
 }
 
+/// The `error` object a server sent inside a stream, as a final error
+/// (its message cut to 500 bytes).
+pub(crate) fn mid_stream_error(provider: &'static str, error: frame::Json<'_>) -> ProviderError {
+    let message = error.get("message").str().unwrap_or("unknown error".into());
+    ProviderError::fatal(provider, format!("error mid-stream: {}", crate::plugin::truncate(&message, 500)))
+}
+
 /// Builds one streamed response from its pieces (text, tool calls started
 /// by index, argument fragments), reports each piece to the sink, and holds
 /// the whole to its [`Limits`]: the count of events, the count of tool

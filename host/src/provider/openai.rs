@@ -16,10 +16,9 @@ use super::http::{Endpoint, Timeouts, header_value};
 use super::sse::SseEvent;
 use super::{
     DeltaSink, Flow, Limits, ModelRequest, ModelResponse, Provider, ProviderError, ResponseAssembler, StopReason,
-    StreamParser, Usage,
+    StreamParser, Usage, mid_stream_error,
 };
 use crate::history::Item;
-use crate::plugin::truncate;
 
 const NAME: &str = "openai";
 
@@ -153,8 +152,7 @@ impl StreamParser for Parser {
             frame::parse(data).map_err(|e| ProviderError::fatal(NAME, format!("malformed stream chunk: {e}")))?;
         let error = chunk.get("error");
         if error.is_some() {
-            let message = truncate(&error.get("message").str().unwrap_or("unknown error".into()), 500);
-            return Err(ProviderError::fatal(NAME, format!("error mid-stream: {message}")));
+            return Err(mid_stream_error(NAME, error));
         }
         let u = chunk.get("usage");
         if u.is_object() {
