@@ -17,8 +17,8 @@ use yoi_host::identity::Namespace;
 use yoi_host::lifecycle::Lifecycle;
 use yoi_host::manifest::LoadedManifest;
 use yoi_host::plugin::{Allocator, CallLimits, HostOptions, PluginRuntime, PluginSet, ToolErrorKind};
-use yoi_host::pod::{Answer, Exposure, PodError, PodHandle, PodSpec, start};
-use yoi_host::protocol::{ErrorCode, Method, WireEvent};
+use yoi_host::pod::{Answer, Exposure, PodError, PodHandle, PodSpec, Stamped, start};
+use yoi_host::protocol::{ErrorCode, Method};
 use yoi_host::provider::{DeltaSink, ModelRequest, ModelResponse, Provider, ProviderError, RetryPolicy, scripted};
 use yoi_host::scope::Permission;
 use yoi_host::scope_lock::ScopeLock;
@@ -123,20 +123,21 @@ impl Host {
             plugins: self.plugins.clone(),
             provider,
             retry: RetryPolicy::default(),
-            sessions: SessionStore::new(self.sb.root.join("sessions")),
-            runtime_root: self.run_root(),
+            sessions: SessionStore::new(namespace.dir(&self.sb.root.join("sessions"))),
+            runtime_root: namespace.dir(&self.run_root()),
             resume: None,
             scope_lock: self.lock(),
-            data_root: self.sb.root.join("data"),
+            data_root: namespace.dir(&self.sb.root.join("data")),
             namespace: namespace.clone(),
             exposure,
+            env: yoi_host::pod::process_environment(),
         })
         .await
     }
 }
 
 /// Waits for the next event of type `kind`.
-async fn expect(events: &mut broadcast::Receiver<WireEvent>, kind: &str) -> Value {
+async fn expect(events: &mut broadcast::Receiver<Stamped>, kind: &str) -> Value {
     loop {
         let event = tokio::time::timeout(Duration::from_secs(30), events.recv())
             .await
@@ -243,12 +244,14 @@ async fn pods_named_alike_in_two_namespaces_do_not_collide() {
     assert!(err.to_string().contains("already running"), "{err}");
 
     assert_eq!(run_to_end(&a, "hi").await["outcome"], "finished");
-    let sessions = SessionStore::new(host.sb.root.join("sessions"));
-    let in_acme = sessions.within(&acme).resolve("latest", "coder").unwrap();
-    let in_globex = sessions.within(&globex).resolve("latest", "coder").unwrap();
+    let sessions = host.sb.root.join("sessions");
+    let (acme_sessions, globex_sessions) =
+        (SessionStore::new(acme.dir(&sessions)), SessionStore::new(globex.dir(&sessions)));
+    let in_acme = acme_sessions.resolve("latest", "coder").unwrap();
+    let in_globex = globex_sessions.resolve("latest", "coder").unwrap();
     assert_ne!(in_acme, in_globex);
-    assert_eq!(sessions.within(&acme).load(&in_acme).unwrap().items.len(), 2);
-    assert!(sessions.within(&globex).load(&in_globex).unwrap().items.is_empty());
+    assert_eq!(acme_sessions.load(&in_acme).unwrap().items.len(), 2);
+    assert!(globex_sessions.load(&in_globex).unwrap().items.is_empty());
 
     a.request(Method::Shutdown { detach_children: false }).await.unwrap();
     a.wait().await;

@@ -12,7 +12,7 @@ use common::{Sandbox, plugin_dir};
 use serde_json::{Value, json};
 use tokio::sync::broadcast;
 use yoi_host::history::Item;
-use yoi_host::pod::{Answer, PodHandle};
+use yoi_host::pod::{Answer, PodHandle, Stamped};
 use yoi_host::protocol::{Method, PodEvent, WireEvent};
 use yoi_host::scope_lock::ScopeLock;
 use yoi_host::session::SessionStore;
@@ -22,7 +22,7 @@ use yoi_host::session::SessionStore;
 struct Tree {
     sb: Sandbox,
     lead: PodHandle,
-    events: broadcast::Receiver<WireEvent>,
+    events: broadcast::Receiver<Stamped>,
     /// Every event of the lead seen so far.
     seen: Vec<PodEvent>,
     _plugins: tempfile::TempDir,
@@ -78,7 +78,7 @@ impl Tree {
     async fn until(&mut self, pick: impl Fn(&PodEvent) -> bool) -> PodEvent {
         let wait = async {
             loop {
-                match self.events.recv().await {
+                match self.events.recv().await.map(|e| e.event) {
                     Ok(WireEvent::Pod(event)) => {
                         self.seen.push(event.clone());
                         if pick(&event) {

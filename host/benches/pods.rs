@@ -78,6 +78,7 @@ impl Host {
             data_root: self.root.join("data"),
             namespace: Namespace::operator(),
             exposure: Exposure::HostOnly,
+            env: yoi_host::pod::process_environment(),
         })
         .await
         .unwrap()
@@ -86,7 +87,7 @@ impl Host {
     /// A tool-call context as pod `name` would have it.
     fn context(&self, name: &str, extra: &str) -> Arc<PodContext> {
         let manifest = self.manifest(name, extra);
-        Arc::new(pod_context(&manifest, &self.plugins, &self.root.join("data"), None).unwrap())
+        Arc::new(pod_context(&manifest, &self.plugins, &self.root.join("data"), &|_| None, None).unwrap())
     }
 }
 

@@ -17,6 +17,7 @@
 //! - [`plugin_store`]: the per-pod key/value store plugins keep state in.
 //! - [`home`]: where yoi-host keeps its files (`$YOI_HOME`).
 //! - [`os`]: what the host asks of the operating system (the open-file limit).
+//! - [`serve`]: `yoi-host serve`, many tenants' pods behind an HTTP API.
 //! - [`cli`]: the `yoi-host` command line.
 #![deny(missing_docs)]
 
@@ -35,5 +36,6 @@ pub mod protocol;
 pub mod provider;
 pub mod scope;
 pub mod scope_lock;
+pub mod serve;
 pub mod session;
 pub mod starter;

@@ -316,6 +316,13 @@ impl Manifest {
         Ok(manifest)
     }
 
+    /// Parses JSON (the same keys as the TOML form), validated alike.
+    pub fn from_json(bytes: &[u8]) -> anyhow::Result<Manifest> {
+        let manifest: Manifest = serde_json::from_slice(bytes).map_err(|e| anyhow::anyhow!("{e}"))?;
+        manifest.validate()?;
+        Ok(manifest)
+    }
+
     fn validate(&self) -> anyhow::Result<()> {
         validate_pod_name(&self.pod.name).context("key `pod.name`")?;
         let limits = &self.limits;

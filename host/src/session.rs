@@ -53,6 +53,9 @@ pub enum Entry {
     TurnEnd {
         /// The turn within its run.
         turn: u32,
+        /// Why the model stopped (absent in logs written before it was kept).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        stop: Option<crate::provider::StopReason>,
     },
     /// A run ended.
     RunEnd {
@@ -88,11 +91,6 @@ impl SessionStore {
         SessionStore { dir: dir.into() }
     }
 
-    /// The sessions of `namespace`, in its part of this store.
-    pub fn within(&self, namespace: &crate::identity::Namespace) -> SessionStore {
-        SessionStore::new(namespace.dir(&self.dir))
-    }
-
     fn path(&self, id: &str) -> PathBuf {
         self.dir.join(format!("{id}.jsonl"))
     }
@@ -113,19 +111,58 @@ impl SessionStore {
             .append(true)
             .open(&path)
             .with_context(|| format!("cannot create the session log {}", path.display()))?;
-        let mut writer = SessionWriter { id, path, file };
+        let mut writer = SessionWriter { id, path, file, lines: 0 };
         writer.append(&Entry::Meta { pod: pod.to_string(), created, continues: continues.map(str::to_string) })?;
         Ok(writer)
     }
 
-    /// Reopens session `id` to append to it.
+    /// Reopens session `id` to append to it. A torn last line (the host
+    /// was killed while writing it) is cut off first, so that what is
+    /// appended starts a line of its own.
     pub fn reopen(&self, id: &str) -> anyhow::Result<SessionWriter> {
         let path = self.path(id);
+        let text = std::fs::read(&path).with_context(|| format!("cannot open the session log {}", path.display()))?;
+        let whole = text.iter().rposition(|&b| b == b'\n').map_or(0, |end| end + 1);
         let file = OpenOptions::new()
             .append(true)
             .open(&path)
             .with_context(|| format!("cannot open the session log {}", path.display()))?;
-        Ok(SessionWriter { id: id.to_string(), path, file })
+        if whole < text.len() {
+            file.set_len(whole as u64).with_context(|| format!("cannot cut the torn line of {}", path.display()))?;
+        }
+        let lines = text[..whole].iter().filter(|&&b| b == b'\n').count() as u64;
+        Ok(SessionWriter { id: id.to_string(), path, file, lines })
+    }
+
+    /// The entries of session `id` after its first `skip` lines, each with
+    /// its line number (from 1). A torn last line is left out.
+    pub fn entries_after(&self, id: &str, skip: u64) -> anyhow::Result<Vec<(u64, Entry)>> {
+        if id.contains('/') {
+            bail!("no session {id:?}");
+        }
+        let path = self.path(id);
+        let file = File::open(&path).with_context(|| format!("cannot open the session log {}", path.display()))?;
+        let mut entries = Vec::new();
+        let mut reader = BufReader::new(file);
+        let mut line = String::new();
+        let mut number = 0;
+        loop {
+            line.clear();
+            if reader.read_line(&mut line).with_context(|| format!("cannot read {}", path.display()))? == 0 {
+                break;
+            }
+            if !line.ends_with('\n') {
+                break;
+            }
+            number += 1;
+            if number <= skip {
+                continue;
+            }
+            let entry = serde_json::from_str::<Entry>(&line)
+                .with_context(|| format!("{}: line {number} is not a session entry", path.display()))?;
+            entries.push((number, entry));
+        }
+        Ok(entries)
     }
 
     /// Resolves `latest` (the newest session of `pod`) or checks that `id` exists.
@@ -193,6 +230,8 @@ pub struct SessionWriter {
     id: String,
     path: PathBuf,
     file: File,
+    /// Lines in the log.
+    lines: u64,
 }
 
 impl SessionWriter {
@@ -206,6 +245,11 @@ impl SessionWriter {
         &self.path
     }
 
+    /// How many lines the log holds.
+    pub fn lines(&self) -> u64 {
+        self.lines
+    }
+
     /// Appends one entry as one line and hands it to the OS.
     pub fn append(&mut self, entry: &Entry) -> anyhow::Result<()> {
         let mut line = serde_json::to_vec(entry)?;
@@ -213,6 +257,7 @@ impl SessionWriter {
         // One write call per line: a crash leaves at most this line torn.
         self.file.write_all(&line).with_context(|| format!("cannot append to {}", self.path.display()))?;
         self.file.flush()?;
+        self.lines += 1;
         Ok(())
     }
 }
@@ -246,6 +291,26 @@ mod tests {
         assert_eq!(store.resolve("latest", "coder").unwrap(), id);
         assert!(store.resolve("latest", "other").is_err());
         assert!(store.resolve("../etc/passwd", "coder").is_err());
+    }
+
+    #[test]
+    fn reopening_cuts_a_torn_line_so_that_appends_stay_readable() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = SessionStore::new(tmp.path());
+        let mut w = store.create("p", None).unwrap();
+        w.append(&Entry::Item { item: Item::User { text: "kept".into() } }).unwrap();
+        let id = w.id().to_string();
+        drop(w);
+        let mut f = std::fs::OpenOptions::new().append(true).open(store.path(&id)).unwrap();
+        f.write_all(b"{\"kind\":\"item\",\"it").unwrap();
+        let mut w = store.reopen(&id).unwrap();
+        assert_eq!(w.lines(), 2);
+        w.append(&Entry::Item { item: Item::User { text: "after".into() } }).unwrap();
+        let loaded = store.load(&id).unwrap();
+        assert!(!loaded.dropped_torn_line);
+        assert_eq!(loaded.items.len(), 2);
+        let after: Vec<u64> = store.entries_after(&id, 1).unwrap().into_iter().map(|(n, _)| n).collect();
+        assert_eq!(after, [2, 3]);
     }
 
     #[test]

@@ -123,6 +123,7 @@ pub async fn start_pod(
         data_root: home.join("data"),
         namespace: Namespace::operator(),
         exposure: Exposure::Socket,
+        env: yoi_host::pod::process_environment(),
     })
     .await
 }

@@ -9,6 +9,7 @@
 mod client;
 mod pods;
 mod render;
+mod serve;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -78,6 +79,11 @@ enum Command {
     },
     /// List the pods on this machine.
     Ps,
+    /// Host many tenants' pods behind an HTTP API (see docs/serve.md).
+    Serve(serve::ConfigArg),
+    /// Administer the tenants of a server.
+    #[command(subcommand)]
+    Tenant(serve::TenantCommand),
 }
 
 #[derive(Subcommand, Debug)]
@@ -191,6 +197,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Cancel { pod } => pods::cancel(&pod).await,
         Command::Stop { pod, detach_children } => pods::stop(&pod, detach_children).await,
         Command::Ps => pods::ps(),
+        Command::Serve(config) => serve::serve(&config).await,
+        Command::Tenant(command) => serve::tenant(command),
     }
 }
 
@@ -269,7 +277,8 @@ async fn tool_call(dirs: &PluginDirs, manifest: &std::path::Path, tool: &str, in
         eprintln!("yoi-host: plugin not loaded: {e}");
     }
     let data_root = crate::home::Home::from_env()?.root().join("data");
-    let pod = Arc::new(crate::pod::pod_context(&loaded, &host, &data_root, None)?);
+    let env = |var: &str| std::env::var(var).ok();
+    let pod = Arc::new(crate::pod::pod_context(&loaded, &host, &data_root, &env, None)?);
     let result = match serde_json::from_str::<serde_json::Value>(input) {
         Ok(value) if value.is_object() => host.call(&pod, tool, input).await,
         Ok(_) => Err(ToolError::new(ToolErrorKind::InvalidInput, "the input must be a JSON object")),

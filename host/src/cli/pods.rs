@@ -20,7 +20,7 @@ use crate::home::Home;
 use crate::identity::Namespace;
 use crate::manifest::LoadedManifest;
 use crate::pod::runtime_dir::{Status, is_live, runtime_root};
-use crate::pod::{Exposure, PodHandle, PodSpec, start};
+use crate::pod::{Exposure, PodHandle, PodSpec, process_environment, start};
 use crate::protocol::{Method, PodEvent, WireEvent};
 use crate::provider::{self, Provider, RetryPolicy};
 use crate::scope_lock::ScopeLock;
@@ -91,6 +91,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         data_root: home.root().join("data"),
         namespace: Namespace::operator(),
         exposure: Exposure::Socket,
+        env: process_environment(),
     })
     .await?;
     let mut events = handle.subscribe();
@@ -118,6 +119,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         tokio::select! {
             event = events.recv() => match event {
                 Ok(event) => {
+                    let event = event.event;
                     match &event {
                         WireEvent::Pod(PodEvent::RunStart { .. }) => running = true,
                         WireEvent::Pod(PodEvent::Shutdown) => break,

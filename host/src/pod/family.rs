@@ -55,6 +55,8 @@ pub struct FamilyConfig {
     pub namespace: Namespace,
     /// How clients reach the family's pods.
     pub exposure: Exposure,
+    /// Where `env` grants and API keys are read from.
+    pub env: super::Environment,
 }
 
 /// The system prompt of a child unless its spawner adds an instruction.
@@ -151,8 +153,13 @@ impl Family {
         let granted = spec.manifest.scope.clone();
         let write = write_targets(&granted);
         let control: Arc<dyn PodControl> = Arc::new(Link(self.me.clone()));
-        let context =
-            Arc::new(super::pod_context(&manifest, &self.config.plugins, &self.config.data_root, Some(control))?);
+        let context = Arc::new(super::pod_context(
+            &manifest,
+            &self.config.plugins,
+            &self.config.data_root,
+            &*self.config.env,
+            Some(control),
+        )?);
         let (run_ends, ended) = mpsc::unbounded_channel();
         let family = self.me.upgrade().expect("a family lives in an Arc");
         let parent_id = parent.as_ref().and_then(|p| self.members.lock().get(p).map(|m| m.pod.id.clone()));
@@ -415,8 +422,7 @@ impl Family {
         let provider = match &manifest.manifest.provider {
             Some(section) => {
                 let base = manifest.path.parent().unwrap_or(Path::new("/"));
-                let env = |var: &str| std::env::var(var).ok();
-                let p = provider::from_manifest(section, base, &working_dir, &full, &env)
+                let p = provider::from_manifest(section, base, &working_dir, &full, &*self.config.env)
                     .map_err(|e| Refusal::Failed(format!("cannot set up the child's model: {e:#}")))?;
                 Some(Arc::from(p))
             }

@@ -57,8 +57,8 @@ use family::{Family, FamilyConfig};
 pub use output::OutputTail;
 use runtime_dir::{RuntimeDir, Status};
 
-pub use events::CLIENT_BUFFER;
 use events::EventHub;
+pub use events::{CLIENT_BUFFER, EventId, REPLAY_BUFFER, Resumed, Stamped};
 
 /// The plugin whose state holds the read tracker (files a pod touched).
 const FS_TOOLS: &str = "fs_tools";
@@ -74,22 +74,32 @@ pub struct PodSpec {
     pub provider: Option<Arc<dyn Provider>>,
     /// Retry policy of the provider.
     pub retry: RetryPolicy,
-    /// Where session logs go.
+    /// Where session logs go (the namespace's own directory: see
+    /// [`Namespace::dir`]).
     pub sessions: SessionStore,
-    /// Where runtime directories go.
+    /// Where runtime directories go (the namespace's own).
     pub runtime_root: PathBuf,
     /// A session to continue (already resolved to an id).
     pub resume: Option<String>,
     /// The machine-wide scope lock.
     pub scope_lock: ScopeLock,
-    /// Where plugins' private data directories go (`$YOI_HOME/data`).
+    /// Where plugins' private data directories go (the namespace's own).
     pub data_root: PathBuf,
-    /// The namespace of the pod's name (its children share it). Sessions,
-    /// runtime directories and data directories live in the namespace's
-    /// part of their roots.
+    /// The namespace of the pod's name (its children share it).
     pub namespace: Namespace,
+    /// Where `env` grants and provider API keys are read from: the process
+    /// environment for the operator's pods, a tenant's secrets on a server.
+    pub env: Environment,
     /// How clients reach the pod (its children are reached the same way).
     pub exposure: Exposure,
+}
+
+/// A source of named values for `env` grants and provider API keys.
+pub type Environment = Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;
+
+/// The process environment, as an [`Environment`].
+pub fn process_environment() -> Environment {
+    Arc::new(|var: &str| std::env::var(var).ok())
 }
 
 /// How clients reach a pod.
@@ -128,13 +138,13 @@ pub fn pod_context(
     manifest: &LoadedManifest,
     plugins: &PluginSet,
     data_root: &std::path::Path,
+    env: &dyn Fn(&str) -> Option<String>,
     control: Option<Arc<dyn PodControl>>,
 ) -> anyhow::Result<PodContext> {
     let name = &manifest.manifest.pod.name;
     let mut context =
         PodContext::new(name, manifest.working_dir.clone(), manifest.scope.clone(), manifest.call_limits());
-    let env = |var: &str| std::env::var(var).ok();
-    context.grants = plugins.grants_for(&manifest.manifest.plugins.grant, name, data_root, &env)?;
+    context.grants = plugins.grants_for(&manifest.manifest.plugins.grant, name, data_root, env)?;
     context.control = control;
     Ok(context)
 }
@@ -151,7 +161,7 @@ pub struct Shared {
     name: String,
     events: Arc<EventHub>,
     history: Mutex<Vec<Item>>,
-    session: Mutex<SessionWriter>,
+    session: Mutex<Journal>,
     notes: Mutex<Vec<String>>,
     /// Usage of the pod's last model request, across runs.
     last_usage: Mutex<Option<Usage>>,
@@ -168,26 +178,59 @@ pub struct Shared {
     held: Mutex<Option<Held>>,
 }
 
+/// The session log a pod writes, and the place of its events in it.
+struct Journal {
+    writer: SessionWriter,
+    session: Arc<str>,
+    /// Events sent since the last line.
+    seq: u32,
+}
+
+impl Journal {
+    fn new(writer: SessionWriter) -> Journal {
+        Journal { session: Arc::from(writer.id()), writer, seq: 0 }
+    }
+}
+
 impl Shared {
+    /// Sends an event that the session log does not keep.
     fn broadcast(&self, event: impl Into<WireEvent>) {
-        self.events.send(event.into());
+        let mut journal = self.session.lock();
+        journal.seq = journal.seq.saturating_add(1);
+        let id = EventId { session: journal.session.clone(), line: journal.writer.lines(), seq: journal.seq };
+        // Sent under the journal's lock: ids reach clients in order.
+        self.events.send(Stamped { id, event: event.into() });
     }
 
-    fn log(&self, entry: &Entry) {
-        if let Err(e) = self.session.lock().append(entry) {
+    /// Appends `entry` to the session log and sends `event`, the entry's
+    /// report to clients, stamped with the entry's line.
+    fn record(&self, entry: &Entry, event: impl Into<WireEvent>) {
+        let mut journal = self.session.lock();
+        if let Err(e) = journal.writer.append(entry) {
+            drop(journal);
             tracing::error!(pod = %self.name, "session log: {e:#}");
             self.broadcast(error(ErrorCode::Internal, format!("cannot write the session log: {e:#}"), None));
+            self.broadcast(event);
+            return;
         }
+        journal.seq = 0;
+        let id = EventId { session: journal.session.clone(), line: journal.writer.lines(), seq: 0 };
+        self.events.send(Stamped { id, event: event.into() });
     }
 
     fn append(&self, item: Item) {
-        self.log(&Entry::Item { item: item.clone() });
+        self.record(&Entry::Item { item: item.clone() }, Event::ItemAppended { item: item.clone() });
         self.history.lock().push(item);
+    }
+
+    /// The session the pod writes now.
+    fn session_id(&self) -> Arc<str> {
+        self.session.lock().session.clone()
     }
 
     fn greeting(&self) -> Greeting {
         Greeting {
-            session: self.session.lock().id().to_string(),
+            session: self.session_id().to_string(),
             state: self.lifecycle.borrow().as_str().to_string(),
             ..self.greeting.clone()
         }
@@ -203,7 +246,7 @@ impl Shared {
             pod: self.name.clone(),
             pid: std::process::id(),
             state: state.as_str().to_string(),
-            session: self.session.lock().id().to_string(),
+            session: self.session_id().to_string(),
             socket: runtime.socket(),
             cwd: self.pod_context.working_dir.clone(),
             model: Some(format!("{} {}", self.greeting.provider, self.greeting.model)),
@@ -332,6 +375,10 @@ pub struct PodView {
     /// Its assistant text, for other pods to read.
     pub output: Arc<OutputTail>,
     family: Weak<Family>,
+    /// For tool calls and the session log; gone once the pod is dropped.
+    shared: Weak<Shared>,
+    sessions: SessionStore,
+    plugins: Arc<PluginSet>,
 }
 
 impl std::fmt::Debug for PodView {
@@ -361,8 +408,55 @@ impl PodView {
     }
 
     /// Every event from now on.
-    pub fn subscribe(&self) -> broadcast::Receiver<WireEvent> {
+    pub fn subscribe(&self) -> broadcast::Receiver<Stamped> {
         self.events.subscribe()
+    }
+
+    /// Every event after `last`, as far as the pod's replay buffer reaches
+    /// (see [`Resumed`]).
+    pub fn resume_events(&self, last: &EventId) -> Resumed {
+        self.events.resume(last)
+    }
+
+    /// The durable events (items, usage, turn and run ends) of the pod's
+    /// current session log after `last`: all of them when `last` is of
+    /// another session (before a compaction, or unknown). Reads the log:
+    /// call it off the async threads.
+    pub fn events_in_log_after(&self, last: Option<&EventId>) -> anyhow::Result<Vec<Stamped>> {
+        let shared = self.shared.upgrade().ok_or_else(|| self.gone())?;
+        let session = shared.session_id();
+        let skip = last.filter(|l| l.session == session).map_or(0, |l| l.line);
+        let entries = self.sessions.entries_after(&session, skip)?;
+        Ok(entries
+            .into_iter()
+            .filter_map(|(line, entry)| {
+                let event: WireEvent = match entry {
+                    Entry::Meta { .. } => return None,
+                    Entry::Item { item } => Event::ItemAppended { item }.into(),
+                    Entry::Usage { usage } => Event::Usage { usage }.into(),
+                    Entry::TurnEnd { turn, stop } => {
+                        Event::TurnEnd { turn, stop: stop.unwrap_or(crate::provider::StopReason::Other) }.into()
+                    }
+                    Entry::RunEnd { outcome } => PodEvent::RunEnd { outcome }.into(),
+                };
+                Some(Stamped { id: EventId { session: session.clone(), line, seq: 0 }, event })
+            })
+            .collect())
+    }
+
+    /// Runs one tool call in this pod's scope, with its grants and limits,
+    /// as `yoi-host tool call` does: the caller is the pod's operator, not
+    /// its model, so `pause_before` does not apply.
+    pub async fn call_tool(
+        &self,
+        tool: &str,
+        input: &str,
+    ) -> Result<crate::plugin::ToolOutput, crate::plugin::ToolError> {
+        let Some(shared) = self.shared.upgrade() else {
+            let message = format!("pod {:?} has stopped", self.namespace.qualify(&self.name));
+            return Err(crate::plugin::ToolError::new(crate::plugin::ToolErrorKind::Failed, message));
+        };
+        self.plugins.call(&shared.pod_context, tool, input).await
     }
 
     /// Waits until the pod has stopped and cleaned up (its children
@@ -455,12 +549,13 @@ impl WeakPod {
 pub async fn start(spec: PodSpec) -> anyhow::Result<PodHandle> {
     let family = Family::new(FamilyConfig {
         plugins: spec.plugins,
-        sessions: spec.sessions.within(&spec.namespace),
-        runtime_root: spec.namespace.dir(&spec.runtime_root),
+        sessions: spec.sessions,
+        runtime_root: spec.runtime_root,
         scope_lock: spec.scope_lock,
-        data_root: spec.namespace.dir(&spec.data_root),
+        data_root: spec.data_root,
         namespace: spec.namespace,
         exposure: spec.exposure,
+        env: spec.env,
     });
     let member =
         MemberSpec { manifest: spec.manifest, provider: spec.provider, retry: spec.retry, resume: spec.resume };
@@ -571,7 +666,7 @@ async fn start_pod(
         name: name.clone(),
         events: events.clone(),
         history: Mutex::new(opened.history),
-        session: Mutex::new(opened.session),
+        session: Mutex::new(Journal::new(opened.session)),
         notes: Mutex::new(Vec::new()),
         last_usage: Mutex::new(opened.last_usage),
         pod_context,
@@ -593,6 +688,9 @@ async fn start_pod(
         lifecycle: watching,
         output: shared.output.clone(),
         family: Arc::downgrade(family),
+        shared: Arc::downgrade(&shared),
+        sessions: config.sessions.clone(),
+        plugins: config.plugins.clone(),
     };
     let handle = PodHandle { commands: commands.clone(), view: Arc::new(view) };
     // The socket server does not keep the pod alive: it holds a weak sender.
@@ -753,8 +851,8 @@ impl Controller {
                     tracing::error!(pod = %self.shared.name, "{message}");
                     self.shared.broadcast(error(ErrorCode::Internal, message.clone(), None));
                     let _ = self.shared.run_ends.send(RunEnded { outcome: Outcome::Failed, error: Some(message) });
-                    self.shared.log(&Entry::RunEnd { outcome: Outcome::Failed });
-                    self.shared.broadcast(PodEvent::RunEnd { outcome: Outcome::Failed });
+                    let outcome = Outcome::Failed;
+                    self.shared.record(&Entry::RunEnd { outcome }, PodEvent::RunEnd { outcome });
                     stopping.get_or_insert(false);
                     break;
                 }
@@ -855,9 +953,8 @@ impl Controller {
             }
         };
         let _ = self.shared.run_ends.send(RunEnded { outcome, error: failure });
-        self.shared.log(&Entry::RunEnd { outcome });
         self.shared.set_state(if outcome == Outcome::Paused { Lifecycle::Paused } else { Lifecycle::Idle });
-        self.shared.broadcast(PodEvent::RunEnd { outcome });
+        self.shared.record(&Entry::RunEnd { outcome }, PodEvent::RunEnd { outcome });
     }
 
     fn start_run(&mut self, cause: &str, resuming: bool) {
@@ -892,15 +989,17 @@ impl Controller {
             let sink_shared = shared.clone();
             let mut sink = move |event: Event| match event {
                 Event::ItemAppended { item } => sink_shared.append(item),
+                Event::Usage { usage } => {
+                    *sink_shared.last_usage.lock() = Some(usage);
+                    sink_shared.record(&Entry::Usage { usage }, Event::Usage { usage });
+                }
+                Event::TurnEnd { turn, stop } => {
+                    sink_shared.record(&Entry::TurnEnd { turn, stop: Some(stop) }, Event::TurnEnd { turn, stop })
+                }
                 other => {
                     match &other {
                         Event::TextDelta { text } => sink_shared.output.push_text(text),
                         Event::TextDone { .. } => sink_shared.output.end_message(),
-                        Event::Usage { usage } => {
-                            *sink_shared.last_usage.lock() = Some(*usage);
-                            sink_shared.log(&Entry::Usage { usage: *usage });
-                        }
-                        Event::TurnEnd { turn, .. } => sink_shared.log(&Entry::TurnEnd { turn: *turn }),
                         _ => {}
                     }
                     sink_shared.broadcast(other);
@@ -946,7 +1045,7 @@ impl PodHooks {
                 return;
             }
         };
-        let old_id = self.shared.session.lock().id().to_string();
+        let old_id = self.shared.session_id().to_string();
         let mut writer = match self.sessions.create(&self.shared.name, Some(&old_id)) {
             Ok(w) => w,
             Err(e) => {
@@ -964,7 +1063,7 @@ impl PodHooks {
         }
         let new_id = writer.id().to_string();
         let dropped = items.len() + 1 - compacted.len();
-        *self.shared.session.lock() = writer;
+        *self.shared.session.lock() = Journal::new(writer);
         *self.shared.history.lock() = compacted.clone();
         // The old count described the old context; the next request measures anew.
         *self.shared.last_usage.lock() = None;

@@ -61,7 +61,7 @@ async fn write(stream: &mut tokio::net::unix::OwnedWriteHalf, event: &WireEvent)
 async fn connection(
     stream: UnixStream,
     commands: mpsc::WeakSender<Command>,
-    mut events: broadcast::Receiver<WireEvent>,
+    mut events: broadcast::Receiver<super::Stamped>,
 ) {
     let (read, mut writer) = stream.into_split();
     let mut lines = LineReader::new(BufReader::new(read));
@@ -99,7 +99,7 @@ async fn connection(
             }
             event = events.recv() => match event {
                 Ok(event) => {
-                    let last = matches!(event, WireEvent::Pod(crate::protocol::PodEvent::Shutdown));
+                    let last = matches!(event.event, WireEvent::Pod(crate::protocol::PodEvent::Shutdown));
                     if write(&mut writer, &event).await.is_err() {
                         return;
                     }

@@ -1,0 +1,210 @@
+//! A tenant's workspace through the API: upload, download, list, delete.
+//!
+//! Every operation goes through a capability on the workspace directory
+//! (cap-std): a path with `..`, an absolute path, or a symlink planted in
+//! the workspace cannot lead outside it, whatever the name says. Uploads
+//! are written to a temporary file beside the target and renamed into
+//! place, so a failed or cut upload leaves the old file whole; their bytes
+//! count against the workspace quota while they stream.
+
+use std::path::{Component, Path, PathBuf};
+
+use cap_std::ambient_authority;
+use cap_std::fs::Dir;
+use futures::StreamExt;
+use serde::Serialize;
+use tokio::io::AsyncWriteExt;
+
+use super::error::ApiError;
+
+/// A path inside the workspace, as the API names it: relative, no `..`,
+/// no empty or `.` parts.
+pub fn workspace_path(text: &str) -> Result<PathBuf, ApiError> {
+    let path = Path::new(text.trim_matches('/'));
+    let mut clean = PathBuf::new();
+    for part in path.components() {
+        match part {
+            Component::Normal(p) => clean.push(p),
+            Component::CurDir => {}
+            _ => {
+                return Err(ApiError::bad_request(
+                    "invalid_path",
+                    format!("{text:?}: paths are relative to the workspace, without `..`"),
+                ));
+            }
+        }
+    }
+    Ok(clean)
+}
+
+/// The workspace as a capability.
+pub fn open_workspace(root: &Path) -> Result<Dir, ApiError> {
+    Dir::open_ambient_dir(root, ambient_authority())
+        .map_err(|e| ApiError::internal(format!("cannot open the workspace: {e}")))
+}
+
+fn io_error(path: &Path, e: std::io::Error) -> ApiError {
+    let shown = path.display();
+    match e.kind() {
+        std::io::ErrorKind::NotFound => ApiError::not_found("file", &shown.to_string()),
+        std::io::ErrorKind::PermissionDenied => ApiError::new(
+            axum::http::StatusCode::FORBIDDEN,
+            "outside_workspace",
+            format!("{shown}: not reachable inside the workspace"),
+        ),
+        std::io::ErrorKind::DirectoryNotEmpty => {
+            ApiError::conflict("not_empty", format!("{shown}: the directory is not empty (add ?recursive=true)"))
+        }
+        std::io::ErrorKind::IsADirectory => ApiError::conflict("is_a_directory", format!("{shown} is a directory")),
+        std::io::ErrorKind::NotADirectory => {
+            ApiError::conflict("not_a_directory", format!("a part of {shown} is not a directory"))
+        }
+        _ => ApiError::new(axum::http::StatusCode::FORBIDDEN, "file_error", format!("{shown}: {e}")),
+    }
+}
+
+/// One entry of a directory listing.
+#[derive(Serialize)]
+pub struct Entry {
+    name: String,
+    kind: &'static str,
+    size: u64,
+}
+
+/// What a GET of a path finds.
+pub enum Found {
+    /// A file's bytes.
+    File(Vec<u8>),
+    /// A directory's entries, sorted by name.
+    Dir(Vec<Entry>),
+}
+
+/// Reads a file or lists a directory (blocking).
+pub fn get(workspace: &Dir, path: &Path, max_bytes: u64) -> Result<Found, ApiError> {
+    let target = if path.as_os_str().is_empty() { Path::new(".") } else { path };
+    let meta = workspace.metadata(target).map_err(|e| io_error(path, e))?;
+    if meta.is_dir() {
+        let dir = workspace.open_dir(target).map_err(|e| io_error(path, e))?;
+        let mut entries = Vec::new();
+        for entry in dir.entries().map_err(|e| io_error(path, e))? {
+            let entry = entry.map_err(|e| io_error(path, e))?;
+            let Ok(meta) = entry.metadata() else { continue };
+            let kind = if meta.is_dir() {
+                "dir"
+            } else if meta.is_symlink() {
+                "symlink"
+            } else {
+                "file"
+            };
+            entries.push(Entry { name: entry.file_name().to_string_lossy().into_owned(), kind, size: meta.len() });
+        }
+        entries.sort_by(|a, b| a.name.cmp(&b.name));
+        return Ok(Found::Dir(entries));
+    }
+    if meta.len() > max_bytes {
+        return Err(ApiError::new(
+            axum::http::StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            format!("{} is {} bytes; the most one request returns is {max_bytes}", path.display(), meta.len()),
+        ));
+    }
+    let bytes = workspace.read(target).map_err(|e| io_error(path, e))?;
+    Ok(Found::File(bytes))
+}
+
+/// Deletes a file, an empty directory, or (`recursive`) a whole tree
+/// (blocking); returns the bytes freed.
+pub fn delete(workspace: &Dir, path: &Path, recursive: bool) -> Result<u64, ApiError> {
+    if path.as_os_str().is_empty() {
+        return Err(ApiError::bad_request("invalid_path", "the workspace itself cannot be deleted"));
+    }
+    let meta = workspace.symlink_metadata(path).map_err(|e| io_error(path, e))?;
+    if meta.is_dir() {
+        let freed = tree_size(workspace, path);
+        let removed = if recursive { workspace.remove_dir_all(path) } else { workspace.remove_dir(path) };
+        removed.map_err(|e| io_error(path, e))?;
+        Ok(freed)
+    } else {
+        workspace.remove_file(path).map_err(|e| io_error(path, e))?;
+        Ok(meta.len())
+    }
+}
+
+/// Bytes of the files under `path` (symlinks not followed).
+pub fn tree_size(workspace: &Dir, path: &Path) -> u64 {
+    let target = if path.as_os_str().is_empty() { Path::new(".") } else { path };
+    match workspace.symlink_metadata(target) {
+        Ok(meta) if meta.is_dir() => {}
+        Ok(meta) => return meta.len(),
+        Err(_) => return 0,
+    }
+    let Ok(dir) = workspace.open_dir(target) else { return 0 };
+    let mut total = 0;
+    let mut stack = vec![dir];
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = dir.entries() else { continue };
+        for entry in entries.flatten() {
+            let Ok(meta) = entry.metadata() else { continue };
+            if meta.is_symlink() {
+                continue;
+            }
+            if meta.is_dir() {
+                if let Ok(sub) = entry.open_dir() {
+                    stack.push(sub);
+                }
+            } else {
+                total += meta.len();
+            }
+        }
+    }
+    total
+}
+
+/// Streams `body` into `path` (creating parent directories), charging its
+/// bytes to `budget` (what the workspace may still grow by, plus what the
+/// replaced file held). Returns the new file's size and the old one's.
+pub async fn put(workspace: &Dir, path: &Path, body: axum::body::Body, budget: u64) -> Result<(u64, u64), ApiError> {
+    let Some(name) = path.file_name() else {
+        return Err(ApiError::bad_request("invalid_path", "a file needs a name"));
+    };
+    let parent = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    workspace.create_dir_all(parent).map_err(|e| io_error(path, e))?;
+    let dir = workspace.open_dir(parent).map_err(|e| io_error(path, e))?;
+    let old = match dir.symlink_metadata(name) {
+        Ok(meta) if meta.is_dir() => return Err(io_error(path, std::io::ErrorKind::IsADirectory.into())),
+        Ok(meta) => meta.len(),
+        Err(_) => 0,
+    };
+    let temp = format!(".upload-{}-{:016x}", std::process::id(), fastrand::u64(..));
+    let file = dir.create(&temp).map_err(|e| io_error(path, e))?;
+    let mut file = tokio::fs::File::from_std(file.into_std());
+    let mut written: u64 = 0;
+    let mut stream = body.into_data_stream();
+    let outcome: Result<(), ApiError> = async {
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| ApiError::bad_request("bad_body", format!("the upload was cut: {e}")))?;
+            written += chunk.len() as u64;
+            if written > budget.saturating_add(old) {
+                return Err(ApiError::new(
+                    axum::http::StatusCode::INSUFFICIENT_STORAGE,
+                    "quota_exceeded",
+                    "quota `workspace_mb`: the workspace would grow past its quota".to_string(),
+                ));
+            }
+            file.write_all(&chunk).await.map_err(|e| io_error(path, e))?;
+        }
+        file.flush().await.map_err(|e| io_error(path, e))?;
+        Ok(())
+    }
+    .await;
+    drop(file);
+    if let Err(e) = outcome {
+        let _ = dir.remove_file(&temp);
+        return Err(e);
+    }
+    dir.rename(&temp, &dir, name).map_err(|e| {
+        let _ = dir.remove_file(&temp);
+        io_error(path, e)
+    })?;
+    Ok((written, old))
+}

@@ -1,0 +1,527 @@
+//! `yoi-host serve` as a service: a real server process on 127.0.0.1, real
+//! HTTP clients, two real tenants made with `yoi-host tenant add`.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+mod common;
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+const BIN: &str = env!("CARGO_BIN_EXE_yoi-host");
+
+/// A server process, killed when dropped (so a failing test leaves none).
+struct Server {
+    child: Child,
+    url: String,
+    config: PathBuf,
+    _stderr: std::thread::JoinHandle<()>,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn write_config(dir: &Path, extra: &str) -> PathBuf {
+    let config = dir.join("serve.toml");
+    std::fs::write(&config, format!("listen = \"127.0.0.1:0\"\ndata_dir = \"data\"\n{extra}")).unwrap();
+    config
+}
+
+impl Server {
+    fn start(config: &Path) -> Server {
+        let mut child = Command::new(BIN)
+            .args(["serve", "--config"])
+            .arg(config)
+            .env("YOI_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let reader = std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                eprintln!("[server] {line}");
+                if let Some(addr) = line.strip_prefix("yoi-host: serving on ") {
+                    let _ = tx.send(addr.split_whitespace().next().unwrap_or_default().to_string());
+                }
+            }
+        });
+        let url = rx.recv_timeout(Duration::from_secs(120)).expect("the server did not start");
+        Server { child, url, config: config.to_path_buf(), _stderr: reader }
+    }
+
+    /// Stops the server with SIGTERM and waits for it.
+    fn stop(mut self) {
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let status = self.child.wait().unwrap();
+        assert!(status.success(), "the server exited with {status}");
+    }
+
+    fn tenant_add(&self, name: &str, quotas: &[&str]) -> String {
+        tenant_cli(
+            &self.config,
+            &[&["add", name][..], &quotas.iter().flat_map(|q| ["--quota", q]).collect::<Vec<_>>()].concat(),
+        )
+    }
+}
+
+fn tenant_cli(config: &Path, args: &[&str]) -> String {
+    let output = Command::new(BIN)
+        .arg("tenant")
+        .args(args.iter().take(1))
+        .arg("--config")
+        .arg(config)
+        .args(&args[1..])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "tenant {args:?}: {}", String::from_utf8_lossy(&output.stderr));
+    String::from_utf8(output.stdout).unwrap().trim().to_string()
+}
+
+/// A client with a tenant's token.
+#[derive(Clone)]
+struct Api {
+    http: reqwest::Client,
+    base: String,
+    token: String,
+}
+
+impl Api {
+    fn new(server: &Server, token: &str) -> Api {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        Api { http: reqwest::Client::new(), base: server.url.clone(), token: token.to_string() }
+    }
+
+    fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        self.http.request(method, format!("{}{path}", self.base)).bearer_auth(&self.token)
+    }
+
+    async fn send(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (StatusCode, Value) {
+        let mut request = self.request(method, path);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status();
+        let text = response.text().await.unwrap();
+        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    }
+
+    async fn get(&self, path: &str) -> (StatusCode, Value) {
+        self.send(reqwest::Method::GET, path, None).await
+    }
+
+    async fn post(&self, path: &str, body: Value) -> (StatusCode, Value) {
+        self.send(reqwest::Method::POST, path, Some(body)).await
+    }
+
+    async fn delete(&self, path: &str) -> (StatusCode, Value) {
+        self.send(reqwest::Method::DELETE, path, None).await
+    }
+
+    async fn put_bytes(&self, path: &str, body: impl Into<reqwest::Body>) -> (StatusCode, Value) {
+        let response = self.request(reqwest::Method::PUT, path).body(body).send().await.unwrap();
+        let status = response.status();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn put_pod(&self, name: &str, toml: &str) -> (StatusCode, Value) {
+        self.put_bytes(&format!("/v1/pods/{name}"), toml.to_string()).await
+    }
+}
+
+fn pod_toml(name: &str, extra: &str) -> String {
+    format!("[pod]\nname = \"{name}\"\n{extra}\n[[scope.allow]]\ntarget = \"proj\"\npermission = \"write\"\n")
+}
+
+/// A 404 that says no more than that the thing is not there.
+fn assert_not_found(answer: &(StatusCode, Value), what: &str) {
+    assert_eq!(answer.0, StatusCode::NOT_FOUND, "{what}: {answer:?}");
+    assert_eq!(answer.1["error"]["code"], "not_found", "{what}: {answer:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_are_checked_and_one_tenant_cannot_see_anothers_things() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = write_config(tmp.path(), "");
+    let server = Server::start(&config);
+    let acme = Api::new(&server, &server.tenant_add("acme", &[]));
+    let globex = Api::new(&server, &server.tenant_add("globex", &[]));
+
+    // Missing, malformed, wrong and unknown-tenant tokens get one answer.
+    let anonymous = Api { token: String::new(), ..acme.clone() };
+    let wrong = Api { token: format!("{}0", &acme.token[..acme.token.len() - 1]), ..acme.clone() };
+    let unknown = Api { token: acme.token.replace("yoi_acme_", "yoi_nobody_"), ..acme.clone() };
+    let mut answers = Vec::new();
+    for api in [&anonymous, &wrong, &unknown] {
+        let answer = api.get("/v1/pods").await;
+        assert_eq!(answer.0, StatusCode::UNAUTHORIZED, "{answer:?}");
+        answers.push(answer.1);
+    }
+    assert!(answers.windows(2).all(|w| w[0] == w[1]), "{answers:?}");
+    assert_eq!(acme.get("/v1/pods").await.0, StatusCode::OK);
+
+    // Each tenant makes a pod `a` and a file at the same path.
+    let mut cwds = Vec::new();
+    for (api, text) in [(&acme, "acme's notes"), (&globex, "globex's notes")] {
+        assert_eq!(api.put_bytes("/v1/files/proj/notes.txt", text).await.0, StatusCode::CREATED);
+        let (status, body) = api.put_pod("a", &pod_toml("a", "")).await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        assert_eq!(body["pod"]["state"], "idle");
+        cwds.push(body["greeting"]["cwd"].as_str().unwrap().to_string());
+    }
+    assert_ne!(cwds[0], cwds[1]);
+    let read = |api: &Api, cwd: &str| {
+        let api = api.clone();
+        let file_path = format!("{cwd}/notes.txt");
+        async move { api.post("/v1/pods/a/tools/Read", json!({ "file_path": file_path })).await }
+    };
+    let (status, body) = read(&acme, &cwds[0]).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(body["ok"]["content"].as_str().unwrap().contains("acme's notes"), "{body}");
+    assert!(read(&globex, &cwds[1]).await.1["ok"]["content"].as_str().unwrap().contains("globex's notes"));
+    // A pod of globex cannot read acme's file, even by its full path.
+    let (status, body) = read(&globex, &cwds[0]).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["error"]["kind"], "permission_denied", "{body}");
+
+    // acme's things are "not found" for globex, through every endpoint.
+    // (Its scope is read-only: acme's `a` holds `proj` for writing.)
+    let (status, body) = acme.put_pod("only-acme", &pod_toml("only-acme", "").replace("\"write\"", "\"read\"")).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let (status, body) = acme.put_pod("writer", &pod_toml("writer", "")).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "two pods cannot both write proj: {body}");
+    assert!(body["error"]["message"].as_str().unwrap().contains("proj"), "{body}");
+    acme.put_bytes("/v1/files/proj/acme-only.txt", "x").await;
+    let (status, _) = acme
+        .request(reqwest::Method::PUT, "/v1/secrets/KEY")
+        .json(&json!({"value": "s3cret"}))
+        .send()
+        .await
+        .map(|r| (r.status(), ()))
+        .unwrap();
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    for path in ["/v1/pods/only-acme", "/v1/pods/only-acme/history", "/v1/pods/only-acme/events"] {
+        assert_not_found(&globex.get(path).await, path);
+        assert_not_found(&globex.get(&path.replace("only-acme", "never-was")).await, path);
+    }
+    for path in ["/v1/pods/only-acme/messages", "/v1/pods/only-acme/cancel", "/v1/pods/only-acme/resume"] {
+        assert_not_found(&globex.post(path, json!({"input": "hi"})).await, path);
+    }
+    assert_not_found(&globex.post("/v1/pods/only-acme/notify", json!({"message": "hi"})).await, "notify");
+    assert_not_found(&globex.post("/v1/pods/only-acme/tools/Read", json!({"file_path": "x"})).await, "tool");
+    assert_not_found(&globex.delete("/v1/pods/only-acme").await, "delete pod");
+    assert_not_found(&globex.get("/v1/files/proj/acme-only.txt").await, "file");
+    assert_not_found(&globex.delete("/v1/files/proj/acme-only.txt").await, "delete file");
+    assert_not_found(&globex.delete("/v1/secrets/KEY").await, "secret");
+    assert_eq!(globex.get("/v1/secrets").await.1["secrets"], json!([]));
+    assert_eq!(acme.get("/v1/secrets").await.1["secrets"], json!(["KEY"]));
+    let names = |v: Value| {
+        v["pods"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap().to_string()).collect::<Vec<_>>()
+    };
+    assert_eq!(names(globex.get("/v1/pods").await.1), ["a"]);
+    assert_eq!(names(acme.get("/v1/pods").await.1), ["a", "only-acme"]);
+
+    // Names are per tenant: deleting globex's `a` leaves acme's.
+    assert_eq!(globex.delete("/v1/pods/a").await.0, StatusCode::NO_CONTENT);
+    assert_eq!(acme.get("/v1/pods/a").await.0, StatusCode::OK);
+    server.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scope_targets_and_file_paths_cannot_leave_the_workspace() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = write_config(tmp.path(), "");
+    let server = Server::start(&config);
+    let acme = Api::new(&server, &server.tenant_add("acme", &[]));
+    let _globex = Api::new(&server, &server.tenant_add("globex", &[]));
+    let data = tmp.path().join("data/tenants");
+    std::fs::create_dir_all(data.join("globex/workspace/private")).unwrap();
+    std::fs::write(data.join("globex/workspace/private/secret.txt"), "globex's secret").unwrap();
+    acme.put_bytes("/v1/files/proj/ok.txt", "fine").await;
+    // Links planted in acme's workspace (as a tool could make them).
+    let ws = data.join("acme/workspace");
+    std::os::unix::fs::symlink("../../globex/workspace/private", ws.join("to-globex")).unwrap();
+    std::os::unix::fs::symlink("/etc", ws.join("to-etc")).unwrap();
+
+    for (target, what) in [
+        ("/etc", "absolute"),
+        ("../../globex/workspace", "dot-dot"),
+        ("proj/../../../globex/workspace", "dot-dot inside"),
+        ("to-globex", "symlink to another tenant"),
+        ("to-etc", "symlink to the server's files"),
+    ] {
+        let toml = format!("[pod]\nname = \"p\"\n[[scope.allow]]\ntarget = \"{target}\"\npermission = \"read\"\n");
+        let (status, body) = acme.put_pod("p", &toml).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{what}: {body}");
+        assert!(body["error"]["message"].as_str().unwrap().contains("workspace"), "{what}: {body}");
+    }
+    let script =
+        "[provider]\nkind = \"scripted\"\nmodel = \"m\"\nscript = \"../../globex/workspace/private/secret.txt\"\n";
+    let (status, body) = acme.put_pod("p", &pod_toml("p", script)).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert_eq!(acme.get("/v1/pods").await.1["pods"], json!([]));
+
+    // The files API: `..` is refused, and links lead nowhere outside.
+    for path in ["/v1/files/../globex/workspace/private/secret.txt", "/v1/files/proj/%2E%2E/%2E%2E/x"] {
+        let (status, body) = acme.get(path).await;
+        assert!(status.is_client_error(), "{path}: {status} {body}");
+    }
+    for path in ["/v1/files/to-globex/secret.txt", "/v1/files/to-etc/passwd"] {
+        let (status, body) = acme.get(path).await;
+        assert!(status.is_client_error(), "{path}: {status} {body}");
+        assert!(!body.to_string().contains("globex's secret") && !body.to_string().contains("root:"), "{body}");
+        let (status, _) = acme.put_bytes(path, "overwrite").await;
+        assert!(status.is_client_error(), "{path}: {status}");
+    }
+    assert_eq!(std::fs::read_to_string(data.join("globex/workspace/private/secret.txt")).unwrap(), "globex's secret");
+    let (status, listing) = acme.get("/v1/files/proj").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(listing["entries"], json!([{"name": "ok.txt", "kind": "file", "size": 4}]));
+    assert_eq!(acme.get("/v1/files/proj/ok.txt").await.1, json!("fine"));
+    assert_eq!(acme.delete("/v1/files/proj").await.0, StatusCode::CONFLICT);
+    assert_eq!(acme.delete("/v1/files/proj?recursive=true").await.0, StatusCode::NO_CONTENT);
+    assert_not_found(&acme.get("/v1/files/proj/ok.txt").await, "deleted");
+    server.stop();
+}
+
+/// Reads one Server-Sent Events stream: (id, event) pairs.
+struct Events {
+    response: reqwest::Response,
+    buffer: String,
+}
+
+impl Events {
+    async fn open(api: &Api, pod: &str, last_id: Option<&str>) -> Events {
+        let mut request = api.request(reqwest::Method::GET, &format!("/v1/pods/{pod}/events"));
+        if let Some(id) = last_id {
+            request = request.header("Last-Event-ID", id);
+        }
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        Events { response, buffer: String::new() }
+    }
+
+    async fn next(&mut self) -> (String, Value) {
+        loop {
+            if let Some(end) = self.buffer.find("\n\n") {
+                let block: String = self.buffer.drain(..end + 2).collect();
+                let mut id = String::new();
+                let mut data = String::new();
+                for line in block.lines() {
+                    if let Some(v) = line.strip_prefix("id:") {
+                        id = v.trim().to_string();
+                    } else if let Some(v) = line.strip_prefix("data:") {
+                        data.push_str(v.trim_start());
+                    }
+                }
+                if data.is_empty() {
+                    continue;
+                }
+                return (id, serde_json::from_str(&data).unwrap());
+            }
+            let chunk = tokio::time::timeout(Duration::from_secs(30), self.response.chunk())
+                .await
+                .expect("no event within 30 s")
+                .unwrap()
+                .expect("the stream ended");
+            self.buffer.push_str(&String::from_utf8_lossy(&chunk));
+        }
+    }
+
+    /// Events up to and including the next `run_end`.
+    async fn run(&mut self) -> Vec<(String, Value)> {
+        let mut events = Vec::new();
+        loop {
+            let event = self.next().await;
+            let end = event.1["type"] == "run_end";
+            events.push(event);
+            if end {
+                return events;
+            }
+        }
+    }
+}
+
+fn types(events: &[(String, Value)]) -> Vec<String> {
+    events.iter().map(|(_, e)| e["type"].as_str().unwrap().to_string()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runs_stream_events_and_a_reconnecting_client_misses_nothing_even_across_a_restart() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = write_config(tmp.path(), "");
+    let server = Server::start(&config);
+    let acme = Api::new(&server, &server.tenant_add("acme", &[]));
+    let script = json!({"turns": [
+        {"text": "first answer", "chunk_delay_ms": 5},
+        {"text": "second answer", "delay_ms": 600},
+        {"text": "third answer"},
+        {"text": "after the restart"},
+    ]});
+    acme.put_bytes("/v1/files/script.json", script.to_string()).await;
+    acme.put_bytes("/v1/files/proj/.keep", "").await;
+    let provider = "[provider]\nkind = \"scripted\"\nmodel = \"m\"\nscript = \"script.json\"\n";
+    assert_eq!(acme.put_pod("coder", &pod_toml("coder", provider)).await.0, StatusCode::CREATED);
+
+    let mut events = Events::open(&acme, "coder", None).await;
+    assert_eq!(acme.post("/v1/pods/coder/messages", json!({"input": "one"})).await.0, StatusCode::ACCEPTED);
+    let first = events.run().await;
+    assert!(types(&first).contains(&"text_delta".to_string()), "{:?}", types(&first));
+    assert_eq!(first.last().unwrap().1["outcome"], "finished");
+    let ids: Vec<&String> = first.iter().map(|(id, _)| id).collect();
+    assert!(ids.iter().all(|id| !id.is_empty()));
+    let after_first = first.last().unwrap().0.clone();
+
+    // A second run while the first is going: already_running.
+    assert_eq!(acme.post("/v1/pods/coder/messages", json!({"input": "two"})).await.0, StatusCode::ACCEPTED);
+    let busy = acme.post("/v1/pods/coder/messages", json!({"input": "again"})).await;
+    assert_eq!(busy.0, StatusCode::CONFLICT, "{busy:?}");
+    assert_eq!(busy.1["error"]["code"], "already_running");
+    // The client drops mid-run and comes back: it gets exactly what it missed.
+    let seen = events.next().await;
+    drop(events);
+    let mut resumed = Events::open(&acme, "coder", Some(&seen.0)).await;
+    let second = resumed.run().await;
+    assert!(!second.iter().any(|(id, _)| *id == seen.0), "the last seen event came again");
+    assert_eq!(second.last().unwrap().1["outcome"], "finished");
+    let text: String =
+        second.iter().filter(|(_, e)| e["type"] == "text_delta").map(|(_, e)| e["text"].as_str().unwrap()).collect();
+    assert_eq!(text, "second answer");
+    drop(resumed);
+
+    // A restart: the pod comes back idle with its history, and a client
+    // that last saw the end of the first run gets the second from the log.
+    server.stop();
+    let server = Server::start(&config);
+    let acme = Api { base: server.url.clone(), ..acme };
+    let (status, pod) = acme.get("/v1/pods/coder").await;
+    assert_eq!(status, StatusCode::OK, "{pod}");
+    assert_eq!(pod["pod"]["state"], "idle");
+    let history = acme.get("/v1/pods/coder/history").await.1;
+    let texts: Vec<&str> = history["items"].as_array().unwrap().iter().filter_map(|i| i["text"].as_str()).collect();
+    assert_eq!(texts, ["one", "first answer", "two", "second answer"]);
+
+    let mut from_log = Events::open(&acme, "coder", Some(&after_first)).await;
+    let replayed = from_log.run().await;
+    let items: Vec<&str> = replayed
+        .iter()
+        .filter(|(_, e)| e["type"] == "item_appended")
+        .map(|(_, e)| e["item"]["text"].as_str().unwrap())
+        .collect();
+    assert_eq!(items, ["two", "second answer"]);
+    assert_eq!(acme.post("/v1/pods/coder/messages", json!({"input": "three"})).await.0, StatusCode::ACCEPTED);
+    let third = from_log.run().await;
+    let items: Vec<&str> = third
+        .iter()
+        .filter(|(_, e)| e["type"] == "item_appended")
+        .map(|(_, e)| e["item"]["text"].as_str().unwrap())
+        .collect();
+    assert_eq!(items, ["three", "first answer"], "the script starts over in a new process");
+    // Stopping the server ends the open event stream.
+    server.stop();
+    let end = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Ok(Some(_)) = from_log.response.chunk().await {}
+    });
+    end.await.expect("the event stream stayed open after the server stopped");
+}
+
+async fn upload_plugin(api: &Api, name: &str, component: Vec<u8>, capabilities: Option<&str>) -> (StatusCode, Value) {
+    let mut form = reqwest::multipart::Form::new().part("component", reqwest::multipart::Part::bytes(component));
+    if let Some(text) = capabilities {
+        form = form.text("capabilities", text.to_string());
+    }
+    let response =
+        api.request(reqwest::Method::PUT, &format!("/v1/plugins/{name}")).multipart(form).send().await.unwrap();
+    let status = response.status();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+/// A tenant's own plugins (a Rust one and the Python example) are checked
+/// when uploaded, offered to that tenant's pods only, granted the tenant's
+/// secrets (never the server's environment), and called through a pod.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenants_plugins_load_for_its_pods_only_and_see_only_its_secrets() {
+    let python = tempfile::tempdir().unwrap();
+    common::builds::run_build(&common::builds::repo().join("plugins/examples/csv-stats/build.sh"), &[python.path()]);
+    let tmp = tempfile::tempdir().unwrap();
+    let config = write_config(tmp.path(), "");
+    let server = Server::start(&config);
+    let acme = Api::new(&server, &server.tenant_add("acme", &[]));
+    let globex = Api::new(&server, &server.tenant_add("globex", &[]));
+
+    let (status, body) = upload_plugin(&acme, "probe", b"not a component".to_vec(), None).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert_eq!(body["error"]["code"], "invalid_plugin");
+    let probe = std::fs::read(common::guest("probe")).unwrap();
+    let (status, body) = upload_plugin(&acme, "probe", probe, Some("env = [\"API_KEY\", \"HOME\"]\n")).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert!(body["tools"].as_array().unwrap().iter().any(|t| t["name"] == "Echo"), "{body}");
+    let csv = std::fs::read(python.path().join("csv_stats.wasm")).unwrap();
+    let (status, body) = upload_plugin(&acme, "csv_stats", csv, None).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let (status, body) = upload_plugin(&acme, "fs_tools", std::fs::read(common::guest("probe")).unwrap(), None).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "a builtin's name or tools cannot be taken: {body}");
+
+    assert_eq!(acme.get("/v1/plugins/probe").await.0, StatusCode::OK);
+    assert_not_found(&globex.get("/v1/plugins/probe").await, "plugin");
+    assert_not_found(&globex.delete("/v1/plugins/probe").await, "delete plugin");
+    let names = |v: &Value| {
+        v["plugins"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap().to_string()).collect::<Vec<_>>()
+    };
+    assert!(!names(&globex.get("/v1/plugins").await.1).contains(&"probe".to_string()));
+
+    let put = |api: &Api, name: &str, value: &str| {
+        let request =
+            api.request(reqwest::Method::PUT, &format!("/v1/secrets/{name}")).json(&json!({ "value": value }));
+        async move { assert_eq!(request.send().await.unwrap().status(), StatusCode::NO_CONTENT) }
+    };
+    put(&acme, "API_KEY", "acme-key").await;
+    put(&globex, "API_KEY", "globex-key").await;
+    acme.put_bytes("/v1/files/proj/sales.csv", "region;units\nnorth;10\nsouth;30\n").await;
+    let script = json!({"turns": [
+        {"tool_calls": [{"name": "Echo", "arguments": {"text": "through the model"}}]},
+        {"text": "done"},
+    ]});
+    acme.put_bytes("/v1/files/script.json", script.to_string()).await;
+    let grant = "[provider]\nkind = \"scripted\"\nmodel = \"m\"\nscript = \"script.json\"\n\
+                 [[plugins.grant]]\nplugin = \"probe\"\nenv = [\"API_KEY\", \"HOME\"]\n";
+    let (status, body) = acme.put_pod("p", &pod_toml("p", grant)).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert!(body["greeting"]["tools"].as_array().unwrap().contains(&json!("CsvStats")), "{body}");
+
+    let (_, env) = acme.post("/v1/pods/p/tools/Env", json!({})).await;
+    let vars: Value = serde_json::from_str(env["ok"]["content"].as_str().unwrap()).unwrap();
+    assert_eq!(vars["vars"], json!({"API_KEY": "acme-key"}), "only granted secrets, never the server's HOME");
+    let (_, stats) = acme.post("/v1/pods/p/tools/CsvStats", json!({"path": "sales.csv"})).await;
+    assert!(stats["ok"]["summary"].as_str().unwrap().contains("2 rows"), "{stats}");
+
+    let mut events = Events::open(&acme, "p", None).await;
+    acme.post("/v1/pods/p/messages", json!({"input": "go"})).await;
+    let run = events.run().await;
+    let result = run.iter().find(|(_, e)| e["type"] == "tool_result").expect("a tool result");
+    assert_eq!(result.1["is_error"], false, "{run:?}");
+    assert_eq!(run.last().unwrap().1["outcome"], "finished");
+
+    // globex has neither the plugin nor, therefore, its tools.
+    globex.put_bytes("/v1/files/proj/x", "x").await;
+    assert_eq!(globex.put_pod("p", &pod_toml("p", "")).await.0, StatusCode::CREATED);
+    let (_, echo) = globex.post("/v1/pods/p/tools/Echo", json!({"text": "x"})).await;
+    assert_eq!(echo["error"]["kind"], "unknown_tool", "{echo}");
+    let grant_missing = "[[plugins.grant]]\nplugin = \"probe\"\n";
+    let (status, body) = globex.put_pod("q", &format!("[pod]\nname = \"q\"\n{grant_missing}")).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+
+    assert_eq!(acme.delete("/v1/plugins/probe").await.0, StatusCode::NO_CONTENT);
+    assert_not_found(&acme.get("/v1/plugins/probe").await, "deleted plugin");
+    server.stop();
+}
