@@ -131,6 +131,7 @@ impl Host {
             namespace: namespace.clone(),
             exposure,
             env: yoi_host::pod::process_environment(),
+            metering: None,
         })
         .await
     }

@@ -525,3 +525,151 @@ async fn a_tenants_plugins_load_for_its_pods_only_and_see_only_its_secrets() {
     assert_not_found(&acme.get("/v1/plugins/probe").await, "deleted plugin");
     server.stop();
 }
+
+/// Every quota: over it, `429` with `Retry-After` (or `507` for storage)
+/// naming the quota, a tool error `quota_exceeded` inside a run, and
+/// nothing already stored lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_quota_refuses_naming_itself_and_loses_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = write_config(tmp.path(), "");
+    let server = Server::start(&config);
+    let probe = std::fs::read(common::guest("probe")).unwrap();
+    let quota_named = |answer: &(StatusCode, Value), quota: &str| {
+        assert_eq!(answer.1["error"]["code"], "quota_exceeded", "{answer:?}");
+        assert!(answer.1["error"]["message"].as_str().unwrap().contains(quota), "{answer:?}");
+    };
+
+    // live_pods
+    let pods = Api::new(&server, &server.tenant_add("pods", &["live_pods=1"]));
+    assert_eq!(pods.put_pod("one", "[pod]\nname = \"one\"\n").await.0, StatusCode::CREATED);
+    let answer = pods.put_pod("two", "[pod]\nname = \"two\"\n").await;
+    assert_eq!(answer.0, StatusCode::TOO_MANY_REQUESTS);
+    quota_named(&answer, "live_pods");
+    assert_eq!(pods.delete("/v1/pods/one").await.0, StatusCode::NO_CONTENT);
+    assert_eq!(pods.put_pod("two", "[pod]\nname = \"two\"\n").await.0, StatusCode::CREATED);
+
+    // requests_per_second: a burst past the rate gets 429 with Retry-After.
+    let rate = Api::new(&server, &server.tenant_add("rate", &["requests_per_second=3"]));
+    let mut limited = None;
+    for _ in 0..10 {
+        let response = rate.request(reqwest::Method::GET, "/v1/pods").send().await.unwrap();
+        if response.status() == StatusCode::TOO_MANY_REQUESTS {
+            limited = Some((response.headers().get("retry-after").cloned(), response.json::<Value>().await.unwrap()));
+            break;
+        }
+    }
+    let (retry_after, body) = limited.expect("ten requests at once passed a rate of 3 per second");
+    assert_eq!(retry_after.unwrap(), "1");
+    quota_named(&(StatusCode::TOO_MANY_REQUESTS, body), "requests_per_second");
+
+    // tool_cpu_ms_per_minute: an endless loop uses the minute's CPU; the
+    // next call is refused until the minute turns.
+    let cpu = Api::new(&server, &server.tenant_add("cpu", &["tool_cpu_ms_per_minute=300", "tool_timeout_ms=1000"]));
+    assert_eq!(upload_plugin(&cpu, "probe", probe.clone(), None).await.0, StatusCode::CREATED);
+    cpu.put_bytes("/v1/files/proj/.keep", "").await;
+    assert_eq!(cpu.put_pod("p", &pod_toml("p", "")).await.0, StatusCode::CREATED);
+    let (_, spin) = cpu.post("/v1/pods/p/tools/Spin", json!({})).await;
+    assert_eq!(spin["error"]["kind"], "timeout", "{spin}");
+    let response = cpu.request(reqwest::Method::POST, "/v1/pods/p/tools/Noop").json(&json!({})).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+    let wait: u64 = response.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=60).contains(&wait), "{wait}");
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["kind"], "quota_exceeded");
+    assert!(body["error"]["message"].as_str().unwrap().contains("tool_cpu_ms_per_minute"), "{body}");
+    let usage = cpu.get("/v1/usage").await.1;
+    assert!(usage["minute"]["tool_cpu_ms"].as_u64().unwrap() >= 300, "{usage}");
+    assert_eq!(usage["pods"]["p"]["tool_calls"], 2, "the refused call is counted too: {usage}");
+
+    // concurrent_tool_calls: one call runs; a second is refused.
+    let conc = Api::new(&server, &server.tenant_add("conc", &["concurrent_tool_calls=1", "tool_timeout_ms=3000"]));
+    assert_eq!(upload_plugin(&conc, "probe", probe.clone(), None).await.0, StatusCode::CREATED);
+    assert_eq!(conc.put_pod("p", "[pod]\nname = \"p\"\n").await.0, StatusCode::CREATED);
+    let spinning = tokio::spawn({
+        let conc = conc.clone();
+        async move { conc.post("/v1/pods/p/tools/Spin", json!({})).await }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let answer = conc.post("/v1/pods/p/tools/Noop", json!({})).await;
+    assert_eq!(answer.0, StatusCode::TOO_MANY_REQUESTS, "{answer:?}");
+    assert!(answer.1["error"]["message"].as_str().unwrap().contains("concurrent_tool_calls"), "{answer:?}");
+    spinning.await.unwrap();
+    assert_eq!(conc.post("/v1/pods/p/tools/Noop", json!({})).await.0, StatusCode::OK);
+
+    // workspace_mb: an upload past it is 507 and the old file stays whole;
+    // a plugin that writes in a loop is stopped soon after the quota.
+    let disk = Api::new(&server, &server.tenant_add("disk", &["workspace_mb=1"]));
+    assert_eq!(disk.put_bytes("/v1/files/proj/keep.txt", "kept").await.0, StatusCode::CREATED);
+    let answer = disk.put_bytes("/v1/files/proj/keep.txt", vec![b'x'; 2 << 20]).await;
+    assert_eq!(answer.0, StatusCode::INSUFFICIENT_STORAGE, "{answer:?}");
+    quota_named(&answer, "workspace_mb");
+    assert_eq!(disk.get("/v1/files/proj/keep.txt").await.1, json!("kept"));
+    assert_eq!(upload_plugin(&disk, "probe", probe.clone(), None).await.0, StatusCode::CREATED);
+    let (status, body) = disk.put_pod("w", &pod_toml("w", "")).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let cwd = body["greeting"]["cwd"].as_str().unwrap().to_string();
+    let chunk = "y".repeat(200 << 10);
+    let mut written = 0;
+    let mut stopped = None;
+    for n in 0..60 {
+        let input = json!({"op": "write", "path": format!("{cwd}/f{n}"), "content": chunk});
+        let (status, body) = disk.post("/v1/pods/w/tools/Fs", input).await;
+        if status == StatusCode::TOO_MANY_REQUESTS {
+            stopped = Some(body);
+            break;
+        }
+        assert!(body["ok"].is_object(), "{body}");
+        written += chunk.len();
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    let body = stopped.expect("the workspace quota never stopped the writes");
+    assert!(body["error"]["message"].as_str().unwrap().contains("workspace_mb"), "{body}");
+    // The bound in docs/security.md: what one second of calls writes.
+    assert!(written <= (1 << 20) + 8 * chunk.len(), "{written} bytes were written");
+    assert_eq!(disk.get("/v1/files/proj/keep.txt").await.1, json!("kept"));
+    for n in 0..60 {
+        disk.delete(&format!("/v1/files/proj/f{n}")).await;
+    }
+    let input = json!({"op": "write", "path": format!("{cwd}/again"), "content": "ok"});
+    assert_eq!(disk.post("/v1/pods/w/tools/Fs", input).await.0, StatusCode::OK, "freeing space lets writes in again");
+
+    // model_tokens_per_day: a run past it fails naming the quota; the
+    // history so far is kept.
+    let tokens = Api::new(&server, &server.tenant_add("tokens", &["model_tokens_per_day=1"]));
+    let script = json!({"turns": [{"text": "first"}, {"text": "second"}]});
+    tokens.put_bytes("/v1/files/script.json", script.to_string()).await;
+    let provider = "[provider]\nkind = \"scripted\"\nmodel = \"m\"\nscript = \"script.json\"\n";
+    assert_eq!(tokens.put_pod("t", &format!("[pod]\nname = \"t\"\n{provider}")).await.0, StatusCode::CREATED);
+    let mut events = Events::open(&tokens, "t", None).await;
+    tokens.post("/v1/pods/t/messages", json!({"input": "one"})).await;
+    assert_eq!(events.run().await.last().unwrap().1["outcome"], "finished");
+    tokens.post("/v1/pods/t/messages", json!({"input": "two"})).await;
+    let run = events.run().await;
+    assert_eq!(run.last().unwrap().1["outcome"], "failed");
+    let error = run.iter().find(|(_, e)| e["type"] == "error").expect("an error event");
+    assert!(error.1["message"].as_str().unwrap().contains("model_tokens_per_day"), "{error:?}");
+    let history = tokens.get("/v1/pods/t/history").await.1;
+    let texts: Vec<&str> = history["items"].as_array().unwrap().iter().filter_map(|i| i["text"].as_str()).collect();
+    assert_eq!(texts, ["one", "first", "two"]);
+    let usage = tokens.get("/v1/usage").await.1;
+    assert!(usage["total"]["tokens_in"].as_u64().unwrap() > 0, "{usage}");
+
+    // The operator's metrics, per tenant, on the admin token only.
+    let admin = Api { token: tenant_cli(&config, &["admin-token"]), ..tokens.clone() };
+    assert_eq!(tokens.get("/metrics").await.0, StatusCode::UNAUTHORIZED);
+    let response = admin.request(reqwest::Method::GET, "/metrics").send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let text = response.text().await.unwrap();
+    for line in [
+        "yoi_tool_calls_total{tenant=\"cpu\",outcome=\"timeout\"} 1",
+        "yoi_tool_calls_total{tenant=\"cpu\",outcome=\"quota_exceeded\"} 1",
+        "yoi_model_requests_total{tenant=\"tokens\",outcome=\"ok\"} 1",
+        "yoi_tool_call_seconds_count{tenant=\"conc\"}",
+        "yoi_tool_cpu_seconds_total{tenant=\"cpu\"}",
+        "yoi_model_tokens_total{tenant=\"tokens\",direction=\"out\"}",
+    ] {
+        assert!(text.contains(line), "{line} missing from:\n{text}");
+    }
+    server.stop();
+}

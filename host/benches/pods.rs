@@ -79,6 +79,7 @@ impl Host {
             namespace: Namespace::operator(),
             exposure: Exposure::HostOnly,
             env: yoi_host::pod::process_environment(),
+            metering: None,
         })
         .await
         .unwrap()

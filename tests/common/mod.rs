@@ -124,6 +124,7 @@ pub async fn start_pod(
         namespace: Namespace::operator(),
         exposure: Exposure::Socket,
         env: yoi_host::pod::process_environment(),
+        metering: None,
     })
     .await
 }

@@ -92,6 +92,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         namespace: Namespace::operator(),
         exposure: Exposure::Socket,
         env: process_environment(),
+        metering: None,
     })
     .await?;
     let mut events = handle.subscribe();

@@ -54,6 +54,8 @@ impl WasiHttpView for CallState {
 struct MemoryCap {
     max_bytes: usize,
     hit: bool,
+    /// The most linear memory granted.
+    peak: usize,
 }
 
 impl ResourceLimiter for MemoryCap {
@@ -62,6 +64,7 @@ impl ResourceLimiter for MemoryCap {
             self.hit = true;
             return Ok(false);
         }
+        self.peak = self.peak.max(desired);
         Ok(true)
     }
 
@@ -100,8 +103,10 @@ impl std::fmt::Display for PluginLabel {
 /// Runs `body` against a fresh instance of `pre` for `pod`, within
 /// `limits` and by `deadline`, and turns every way it can fail into a
 /// [`ToolError`] naming the plugin. Once it has computed for a tick, it
-/// computes only while holding a permit of `long_calls` (if given).
+/// computes only while holding a permit of `long_calls` (if given). The
+/// most linear memory the instance had is left in `peak_memory`.
 /// Dropping the returned future cancels the call at once.
+#[allow(clippy::too_many_arguments)]
 pub async fn with_fresh_instance<R>(
     pre: &PluginPre<CallState>,
     label: &PluginLabel,
@@ -109,6 +114,7 @@ pub async fn with_fresh_instance<R>(
     limits: CallLimits,
     deadline: Instant,
     long_calls: Option<Arc<Semaphore>>,
+    peak_memory: &std::sync::atomic::AtomicU64,
     body: impl AsyncFnOnce(&mut Store<CallState>, &Plugin) -> wasmtime::Result<R>,
 ) -> Result<R, ToolError> {
     let stdout = Capture::default();
@@ -124,7 +130,11 @@ pub async fn with_fresh_instance<R>(
         http: WasiHttpCtx::new(),
         http_policy,
         table: ResourceTable::new(),
-        limiter: MemoryCap { max_bytes: usize::try_from(limits.memory_bytes).unwrap_or(usize::MAX), hit: false },
+        limiter: MemoryCap {
+            max_bytes: usize::try_from(limits.memory_bytes).unwrap_or(usize::MAX),
+            hit: false,
+            peak: 0,
+        },
         plugin: label.name.clone(),
         pod: pod.clone(),
     };
@@ -176,6 +186,7 @@ pub async fn with_fresh_instance<R>(
         Err(_) => Err(wasmtime::Error::new(DeadlineExceeded)),
     };
     log_output(label, &stdout, &stderr);
+    peak_memory.store(store.data().limiter.peak as u64, std::sync::atomic::Ordering::Relaxed);
     result.map_err(|e| classify_fault(label, &e, &limits, store.data().limiter.hit, &stderr))
 }
 

@@ -86,6 +86,8 @@ pub struct PodContext {
     pub control: Option<Arc<dyn PodControl>>,
     /// What each plugin may use beyond the scope, by plugin name.
     pub grants: Grants,
+    /// Who admits and pays for the pod's calls (a tenant's quotas), if anyone.
+    pub meter: Option<Arc<dyn super::CallMeter>>,
     /// Admits `limits.concurrent_calls` calls at once, in arrival order.
     pub(super) calls: tokio::sync::Semaphore,
 }
@@ -107,6 +109,7 @@ impl PodContext {
             state: PluginStore::new(),
             control: None,
             grants: Grants::new(),
+            meter: None,
             calls: tokio::sync::Semaphore::new(limits.concurrent_calls.max(1)),
         }
     }

@@ -46,6 +46,8 @@ pub enum ToolErrorKind {
     MalformedOutput,
     /// The host could not run the call (e.g. all instance slots busy).
     HostError,
+    /// A quota of the pod's tenant refused the call.
+    QuotaExceeded,
 }
 
 impl ToolErrorKind {
@@ -62,6 +64,7 @@ impl ToolErrorKind {
             ToolErrorKind::Trap => "trap",
             ToolErrorKind::MalformedOutput => "malformed_output",
             ToolErrorKind::HostError => "host_error",
+            ToolErrorKind::QuotaExceeded => "quota_exceeded",
         }
     }
 }
@@ -74,12 +77,24 @@ pub struct ToolError {
     pub kind: ToolErrorKind,
     /// What happened, for the model and the log.
     pub message: String,
+    /// When trying again may succeed, in ms (a quota that refills).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_after_ms: Option<u64>,
 }
 
 impl ToolError {
     /// An error of `kind` with `message`.
     pub fn new(kind: ToolErrorKind, message: impl Into<String>) -> ToolError {
-        ToolError { kind, message: message.into() }
+        ToolError { kind, message: message.into(), retry_after_ms: None }
+    }
+
+    /// A call refused by quota `quota`, worth trying again after `retry_after`.
+    pub fn quota(quota: &str, message: impl std::fmt::Display, retry_after: Option<std::time::Duration>) -> ToolError {
+        ToolError {
+            kind: ToolErrorKind::QuotaExceeded,
+            message: format!("quota `{quota}`: {message}"),
+            retry_after_ms: retry_after.map(|d| d.as_millis().try_into().unwrap_or(u64::MAX)),
+        }
     }
 }
 
@@ -91,7 +106,7 @@ impl From<WitToolError> for ToolError {
             WitToolError::NotFound(m) => (ToolErrorKind::NotFound, m),
             WitToolError::Failed(m) => (ToolErrorKind::Failed, m),
         };
-        ToolError { kind, message: truncate(&message, MAX_SUMMARY_BYTES * 4) }
+        ToolError::new(kind, truncate(&message, MAX_SUMMARY_BYTES * 4))
     }
 }
 

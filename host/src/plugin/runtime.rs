@@ -25,6 +25,7 @@ use super::cache::{CacheOutcome, ComponentCache};
 use super::call::{CallState, PluginLabel, with_fresh_instance};
 use super::capabilities::{self, Declared};
 use super::engine::{self, Allocator, EpochTicker};
+use super::meter::{CallRecord, CpuSpent, CpuTimed};
 use super::pod_context::{Ceilings, PodContext};
 use super::result::{self, ToolError, ToolErrorKind, ToolOutput};
 use super::workers::Workers;
@@ -145,7 +146,8 @@ impl PluginRuntime {
             let _slot = self.admission.admit(RUNTIME_KEY).await;
             let _ticking = self.ticker.running();
             let deadline = Instant::now() + limits.timeout;
-            with_fresh_instance(&pre, label, &detached, limits, deadline, None, async |store, plugin| {
+            let peak = std::sync::atomic::AtomicU64::new(0);
+            with_fresh_instance(&pre, label, &detached, limits, deadline, None, &peak, async |store, plugin| {
                 plugin.yoi_plugin_tool().call_describe(store).await
             })
             .await
@@ -174,9 +176,33 @@ impl PluginRuntime {
         input: &str,
     ) -> Result<ToolOutput, ToolError> {
         let limits = pod.limits.capped(&self.ceilings);
+        let started = Instant::now();
+        let ticket = match &pod.meter {
+            Some(meter) => match meter.admit(pod, tool) {
+                Ok(ticket) => Some(ticket),
+                Err(refusal) => {
+                    // A refused call is on the record too.
+                    meter.record(CallRecord {
+                        pod: pod.name.clone(),
+                        plugin: plugin.label.name.clone(),
+                        digest: plugin.digest().to_string(),
+                        tool: tool.to_string(),
+                        wall: started.elapsed(),
+                        cpu: std::time::Duration::ZERO,
+                        peak_memory: 0,
+                        outcome: refusal.kind.as_str(),
+                    });
+                    return Err(refusal);
+                }
+            },
+            None => None,
+        };
         let (pod, tool, input, admission) = (pod.clone(), tool.to_string(), input.to_string(), self.admission.clone());
         let lane = Some(self.long_calls.clone());
         let ticking = self.ticker.running();
+        let peak = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let (meter_pod, meter_plugin, meter_tool, meter_peak) =
+            (pod.clone(), plugin.clone(), tool.clone(), peak.clone());
         let call = async move {
             let deadline = Instant::now() + limits.timeout;
             let turn = async {
@@ -197,21 +223,77 @@ impl PluginRuntime {
             };
             let _ticking = ticking;
             let pre = &plugin.prepared.pre;
-            let result = with_fresh_instance(pre, &plugin.label, &pod, limits, deadline, lane, async |store, i| {
-                i.yoi_plugin_tool().call_call(store, &tool, &input).await
-            })
-            .await?;
+            let result =
+                with_fresh_instance(pre, &plugin.label, &pod, limits, deadline, lane, &peak, async |store, i| {
+                    i.yoi_plugin_tool().call_call(store, &tool, &input).await
+                })
+                .await?;
             match result {
                 Ok(output) => result::normalize_output(plugin.name(), output, limits.output_max_bytes),
                 Err(e) => Err(e.into()),
             }
         };
-        match self.workers.spawn(call).await {
+        // Records the call when it ends, or when its caller drops it
+        // (a cancelled call is paid for too).
+        let mut metering = ticket.map(|ticket| Metering {
+            pod: meter_pod,
+            plugin: meter_plugin,
+            tool: meter_tool,
+            started,
+            cpu: CpuSpent::default(),
+            peak: meter_peak,
+            outcome: "cancelled",
+            _ticket: ticket,
+        });
+        // Only a metered call reads the CPU clock around its polls.
+        let cpu = metering.as_ref().map(|m| m.cpu.clone());
+        let timed = async move {
+            match cpu {
+                Some(cpu) => CpuTimed::new(call, cpu).await,
+                None => call.await,
+            }
+        };
+        let result = match self.workers.spawn(timed).await {
             Ok(result) => result,
             Err(fault) => {
                 Err(ToolError::new(ToolErrorKind::HostError, format!("the call failed inside the host: {fault}")))
             }
+        };
+        if let Some(metering) = &mut metering {
+            metering.outcome = match &result {
+                Ok(_) => "ok",
+                Err(e) => e.kind.as_str(),
+            };
         }
+        result
+    }
+}
+
+/// A metered call in flight: recorded with its pod's meter when dropped.
+struct Metering {
+    pod: Arc<PodContext>,
+    plugin: Arc<LoadedPlugin>,
+    tool: String,
+    started: Instant,
+    cpu: CpuSpent,
+    peak: Arc<std::sync::atomic::AtomicU64>,
+    outcome: &'static str,
+    _ticket: Box<dyn Send + Sync>,
+}
+
+impl Drop for Metering {
+    fn drop(&mut self) {
+        let Some(meter) = &self.pod.meter else { return };
+        meter.record(CallRecord {
+            pod: self.pod.name.clone(),
+            plugin: self.plugin.label.name.clone(),
+            digest: self.plugin.digest().to_string(),
+            tool: std::mem::take(&mut self.tool),
+            wall: self.started.elapsed(),
+            cpu: self.cpu.get(),
+            peak_memory: self.peak.load(std::sync::atomic::Ordering::Relaxed),
+            outcome: self.outcome,
+        });
     }
 }
 

@@ -57,6 +57,8 @@ pub struct FamilyConfig {
     pub exposure: Exposure,
     /// Where `env` grants and API keys are read from.
     pub env: super::Environment,
+    /// Who pays for the family's calls and model requests.
+    pub metering: Option<super::Metering>,
 }
 
 /// The system prompt of a child unless its spawner adds an instruction.
@@ -146,20 +148,25 @@ impl Family {
         &self.config
     }
 
-    async fn start_member(&self, spec: MemberSpec, parent: Option<String>) -> anyhow::Result<PodHandle> {
+    async fn start_member(&self, mut spec: MemberSpec, parent: Option<String>) -> anyhow::Result<PodHandle> {
         let name = spec.manifest.manifest.pod.name.clone();
         let manifest = spec.manifest.clone();
         let retry = spec.retry;
         let granted = spec.manifest.scope.clone();
         let write = write_targets(&granted);
         let control: Arc<dyn PodControl> = Arc::new(Link(self.me.clone()));
-        let context = Arc::new(super::pod_context(
+        let mut context = super::pod_context(
             &manifest,
             &self.config.plugins,
             &self.config.data_root,
             &*self.config.env,
             Some(control),
-        )?);
+        )?;
+        if let Some(metering) = &self.config.metering {
+            context.meter = Some(metering.calls.clone());
+            spec.provider = spec.provider.map(|p| (metering.models)(p, &name));
+        }
+        let context = Arc::new(context);
         let (run_ends, ended) = mpsc::unbounded_channel();
         let family = self.me.upgrade().expect("a family lives in an Arc");
         let parent_id = parent.as_ref().and_then(|p| self.members.lock().get(p).map(|m| m.pod.id.clone()));

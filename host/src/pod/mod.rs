@@ -92,6 +92,8 @@ pub struct PodSpec {
     pub env: Environment,
     /// How clients reach the pod (its children are reached the same way).
     pub exposure: Exposure,
+    /// Who pays for the family's calls and model requests, if anyone.
+    pub metering: Option<Metering>,
 }
 
 /// A source of named values for `env` grants and provider API keys.
@@ -100,6 +102,17 @@ pub type Environment = Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;
 /// The process environment, as an [`Environment`].
 pub fn process_environment() -> Environment {
     Arc::new(|var: &str| std::env::var(var).ok())
+}
+
+/// Who pays for a family's tool calls and model requests (a server's
+/// tenant): every pod's calls are admitted and recorded by `calls`, and
+/// every pod's model is wrapped by `models` (given the pod's name).
+#[derive(Clone)]
+pub struct Metering {
+    /// Admits and records tool calls.
+    pub calls: Arc<dyn crate::plugin::CallMeter>,
+    /// Wraps a pod's model so that its requests are admitted and recorded.
+    pub models: Arc<dyn Fn(Arc<dyn Provider>, &str) -> Arc<dyn Provider> + Send + Sync>,
 }
 
 /// How clients reach a pod.
@@ -556,6 +569,7 @@ pub async fn start(spec: PodSpec) -> anyhow::Result<PodHandle> {
         namespace: spec.namespace,
         exposure: spec.exposure,
         env: spec.env,
+        metering: spec.metering,
     });
     let member =
         MemberSpec { manifest: spec.manifest, provider: spec.provider, retry: spec.retry, resume: spec.resume };

@@ -7,7 +7,6 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
@@ -59,6 +58,8 @@ pub fn router(server: Arc<Server>) -> Router {
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, timeout));
     Router::new()
         .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .route("/v1/usage", get(usage))
         .route("/v1/pods/{name}/events", get(events))
         .merge(bounded)
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint") })
@@ -70,6 +71,33 @@ pub fn router(server: Arc<Server>) -> Router {
 
 async fn healthz(State(server): State<Arc<Server>>) -> Json<Value> {
     Json(json!({"status": "ok", "tenants": server.live_tenants(), "pods": server.live_pods()}))
+}
+
+async fn metrics(State(server): State<Arc<Server>>, _: AdminCall) -> Response {
+    metrics_text(&server)
+}
+
+/// The metrics in Prometheus' text format.
+pub fn metrics_text(server: &Server) -> Response {
+    let content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+    ([(header::CONTENT_TYPE, content_type)], server.pods.metrics.encode()).into_response()
+}
+
+/// What the tenant used in the current quota windows: today (UTC) per pod
+/// and in total, and the current minute's tool CPU.
+async fn usage(State(server): State<Arc<Server>>, TenantCall(tenant): TenantCall) -> Json<Value> {
+    let (day, total, pods) = tenant.usage.today();
+    let (minute, cpu_ms) = tenant.usage.this_minute();
+    let quotas = tenant.quotas(&server.config.quotas);
+    let workspace = tenant.workspace_used(&server.config.quotas).await;
+    Json(json!({
+        "day": day,
+        "total": total,
+        "pods": pods,
+        "minute": {"start": minute, "tool_cpu_ms": cpu_ms},
+        "workspace_bytes": workspace,
+        "quotas": quotas,
+    }))
 }
 
 fn bearer(parts: &Parts) -> Option<&str> {
@@ -233,7 +261,6 @@ async fn history(TenantCall(tenant): TenantCall, Path(name): Path<String>) -> Re
 }
 
 async fn call_tool(
-    State(server): State<Arc<Server>>,
     TenantCall(tenant): TenantCall,
     Path((name, tool)): Path<(String, String)>,
     body: Bytes,
@@ -245,36 +272,19 @@ async fn call_tool(
         Ok(v) if v.is_object() => {}
         _ => return Err(ApiError::bad_request("invalid_body", "the input must be a JSON object")),
     }
-    let quota = tenant.quotas(&server.config.quotas).concurrent_tool_calls;
-    let running = tenant.running_calls.fetch_add(1, Ordering::AcqRel);
-    let _running = scopeguard(|| {
-        tenant.running_calls.fetch_sub(1, Ordering::AcqRel);
-    });
-    if running >= quota {
-        return Err(ApiError::quota(
-            "concurrent_tool_calls",
-            format!("{quota} tool calls are running already"),
-            Some(Duration::from_secs(1)),
-        ));
-    }
-    let result = match pod.call_tool(&tool, input).await {
-        Ok(output) => json!({ "ok": output }),
-        Err(error) => json!({ "error": error }),
-    };
-    Ok(Json(result).into_response())
-}
-
-/// Runs `f` when dropped.
-fn scopeguard(f: impl FnOnce()) -> impl Drop {
-    struct Guard<F: FnOnce()>(Option<F>);
-    impl<F: FnOnce()> Drop for Guard<F> {
-        fn drop(&mut self) {
-            if let Some(f) = self.0.take() {
-                f();
+    match pod.call_tool(&tool, input).await {
+        Ok(output) => Ok(Json(json!({ "ok": output })).into_response()),
+        // A quota's refusal is the API's too: 429 with Retry-After.
+        Err(error) if error.kind == crate::plugin::ToolErrorKind::QuotaExceeded => {
+            let retry_after = error.retry_after_ms.map(Duration::from_millis);
+            let mut response = (StatusCode::TOO_MANY_REQUESTS, Json(json!({ "error": error }))).into_response();
+            if let Some(value) = retry_after.and_then(super::error::retry_after_header) {
+                response.headers_mut().insert(header::RETRY_AFTER, value);
             }
+            Ok(response)
         }
+        Err(error) => Ok(Json(json!({ "error": error })).into_response()),
     }
-    Guard(Some(f))
 }
 
 /// The event stream of a pod, as Server-Sent Events. Each event's id
@@ -379,9 +389,9 @@ async fn put_file(
     let path = files::workspace_path(&path)?;
     let workspace = files::open_workspace(&tenant.workspace())?;
     let quota = tenant.quotas(&server.config.quotas).workspace_bytes();
-    let used = tenant.workspace_used(&workspace).await;
+    let used = tenant.workspace_used(&server.config.quotas).await;
     let (written, old) = files::put(&workspace, &path, body, quota.saturating_sub(used)).await?;
-    tenant.charge_workspace(written, old);
+    tenant.charge_workspace(written, old, &server.config.quotas);
     Ok((StatusCode::CREATED, Json(json!({"path": path, "size": written}))).into_response())
 }
 
@@ -392,6 +402,7 @@ struct DeleteQuery {
 }
 
 async fn delete_file(
+    State(server): State<Arc<Server>>,
     TenantCall(tenant): TenantCall,
     Path(path): Path<String>,
     Query(query): Query<DeleteQuery>,
@@ -402,7 +413,7 @@ async fn delete_file(
         tokio::task::spawn_blocking(move || files::delete(&files::open_workspace(&root)?, &path, query.recursive))
             .await
             .map_err(|e| ApiError::internal(e.to_string()))??;
-    tenant.charge_workspace(0, freed);
+    tenant.charge_workspace(0, freed, &server.config.quotas);
     Ok(StatusCode::NO_CONTENT)
 }
 

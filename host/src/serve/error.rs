@@ -69,14 +69,17 @@ impl IntoResponse for ApiError {
         }
         let body = serde_json::json!({"error": {"code": self.code, "message": self.message}});
         let mut response = (self.status, axum::Json(body)).into_response();
-        if let Some(wait) = self.retry_after {
-            let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
-            if let Ok(value) = HeaderValue::from_str(&seconds.max(1).to_string()) {
-                response.headers_mut().insert(header::RETRY_AFTER, value);
-            }
+        if let Some(value) = self.retry_after.and_then(retry_after_header) {
+            response.headers_mut().insert(header::RETRY_AFTER, value);
         }
         response
     }
+}
+
+/// `Retry-After` for a wait: whole seconds, rounded up, at least one.
+pub fn retry_after_header(wait: Duration) -> Option<HeaderValue> {
+    let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    HeaderValue::from_str(&seconds.max(1).to_string()).ok()
 }
 
 impl From<anyhow::Error> for ApiError {

@@ -15,11 +15,13 @@ mod api;
 pub mod config;
 mod error;
 mod files;
+mod metrics;
 mod plugins;
 pub mod quota;
 mod secrets;
 mod tenant;
 pub mod tenants;
+mod usage;
 
 use std::collections::HashMap;
 use std::os::unix::fs::OpenOptionsExt;
@@ -81,6 +83,7 @@ impl Server {
             runtime,
             scope_lock: ScopeLock::new(config.data_dir.join("scope.lock")),
             quotas: config.quotas.clone(),
+            metrics: Arc::new(metrics::Metrics::default()),
         };
         let tenants = Mutex::new(HashMap::new());
         Ok(Arc::new(Server { config, registry, pods, tenants, stopping: Default::default() }))
@@ -100,10 +103,9 @@ impl Server {
     async fn tenant(&self, record: Arc<TenantRecord>) -> Result<Arc<Tenant>, ApiError> {
         let cell = self.tenants.lock().entry(record.name.clone()).or_default().clone();
         let dir = self.registry.store().dir(&record.name);
-        let runtime = self.pods.runtime.clone();
         let tenant = cell
             .get_or_try_init(|| async {
-                let tenant = Tenant::open(record.clone(), dir, &runtime).await?;
+                let tenant = Tenant::open(record.clone(), dir, &self.pods).await?;
                 anyhow::Ok(Arc::new(tenant))
             })
             .await
@@ -129,6 +131,16 @@ impl Server {
         let cell = self.tenants.lock().remove(name);
         if let Some(tenant) = cell.and_then(|c| c.get().cloned()) {
             tenant.stop_all().await;
+        }
+    }
+
+    /// Measures the workspaces that pods may have written to since their
+    /// last measurement (the workspace quota's enforcement for tools).
+    async fn measure_workspaces(&self) {
+        for tenant in self.opened() {
+            if tenant.usage.workspace_stale.swap(false, std::sync::atomic::Ordering::Relaxed) {
+                tenant.measure_workspace(&self.config.quotas).await;
+            }
         }
     }
 
@@ -169,6 +181,7 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
             loop {
                 tick.tick().await;
                 server.sync_with_registry().await;
+                server.measure_workspaces().await;
             }
         })
     };
@@ -186,6 +199,21 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         // every other request to finish.
         stopping.cancel();
     };
+    if let Some(address) = server.config.metrics_listen {
+        // `/metrics` alone, without a token, for a scraper on a private address.
+        let listener =
+            tokio::net::TcpListener::bind(address).await.with_context(|| format!("cannot listen on {address}"))?;
+        let app = axum::Router::new()
+            .route(
+                "/metrics",
+                axum::routing::get(|axum::extract::State(s): axum::extract::State<Arc<Server>>| async move {
+                    api::metrics_text(&s)
+                }),
+            )
+            .with_state(server.clone());
+        eprintln!("yoi-host: metrics on http://{}/metrics", listener.local_addr()?);
+        tokio::spawn(async move { axum::serve(listener, app).await });
+    }
     let app = api::router(server.clone());
     axum::serve(listener, app).with_graceful_shutdown(stop).await.context("the server failed")?;
     syncing.abort();

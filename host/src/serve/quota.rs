@@ -21,6 +21,10 @@ pub struct Quotas {
     pub tool_memory_mb: u64,
     /// Wall-clock deadline of one call, in ms (capped by the host's ceiling).
     pub tool_timeout_ms: u64,
+    /// CPU time of all the tenant's tool calls in one minute, in ms.
+    pub tool_cpu_ms_per_minute: u64,
+    /// Model tokens (in and out) in one UTC day.
+    pub model_tokens_per_day: u64,
     /// Workspace size, in MiB.
     pub workspace_mb: u64,
     /// Uploaded plugins.
@@ -38,6 +42,8 @@ impl Default for Quotas {
             concurrent_tool_calls: 16,
             tool_memory_mb: 256,
             tool_timeout_ms: 60_000,
+            tool_cpu_ms_per_minute: 60_000,
+            model_tokens_per_day: 5_000_000,
             workspace_mb: 1024,
             plugins: 16,
             plugin_mb: 128,
@@ -52,6 +58,8 @@ pub const KEYS: &[&str] = &[
     "concurrent_tool_calls",
     "tool_memory_mb",
     "tool_timeout_ms",
+    "tool_cpu_ms_per_minute",
+    "model_tokens_per_day",
     "workspace_mb",
     "plugins",
     "plugin_mb",
@@ -65,6 +73,8 @@ impl Quotas {
             "concurrent_tool_calls" => &mut self.concurrent_tool_calls,
             "tool_memory_mb" => &mut self.tool_memory_mb,
             "tool_timeout_ms" => &mut self.tool_timeout_ms,
+            "tool_cpu_ms_per_minute" => &mut self.tool_cpu_ms_per_minute,
+            "model_tokens_per_day" => &mut self.model_tokens_per_day,
             "workspace_mb" => &mut self.workspace_mb,
             "plugins" => &mut self.plugins,
             "plugin_mb" => &mut self.plugin_mb,

@@ -11,7 +11,6 @@ use std::collections::BTreeMap;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
 
 use anyhow::Context;
 use parking_lot::{Mutex, RwLock};
@@ -22,7 +21,7 @@ use super::tenants::TenantRecord;
 use crate::identity::Namespace;
 use crate::manifest::{LoadedManifest, Manifest};
 use crate::plugin::{PluginRuntime, PluginSet};
-use crate::pod::{Environment, Exposure, PodHandle, PodSpec};
+use crate::pod::{Environment, Exposure, Metering, PodHandle, PodSpec};
 use crate::provider::{self, Provider, RetryPolicy};
 use crate::scope_lock::ScopeLock;
 use crate::session::SessionStore;
@@ -33,7 +32,9 @@ pub struct Tenant {
     pub name: String,
     dir: PathBuf,
     namespace: Namespace,
-    record: RwLock<Arc<TenantRecord>>,
+    record: Arc<RwLock<Arc<TenantRecord>>>,
+    /// Its metering and the quotas that depend on it.
+    pub usage: Arc<super::usage::Usage>,
     /// Its pods by name. The lock is held only to look up or insert.
     pods: Mutex<BTreeMap<String, PodHandle>>,
     /// Names of pods being created (so two creations of one name start one).
@@ -44,8 +45,6 @@ pub struct Tenant {
     secrets: Arc<RwLock<BTreeMap<String, String>>>,
     /// API requests.
     pub limiter: RateLimiter,
-    /// Tool calls through the API running now.
-    pub running_calls: AtomicU64,
     /// Bytes in the workspace, once measured (then kept up to date by the
     /// API's writes and re-measured when older than [`REMEASURE`]).
     workspace_used: Mutex<Option<(u64, std::time::Instant)>>,
@@ -63,6 +62,8 @@ pub struct Shared {
     pub scope_lock: ScopeLock,
     /// Default quotas.
     pub quotas: Quotas,
+    /// The server's metrics.
+    pub metrics: Arc<super::metrics::Metrics>,
 }
 
 fn make_dir(path: &Path) -> anyhow::Result<()> {
@@ -76,27 +77,34 @@ fn make_dir(path: &Path) -> anyhow::Result<()> {
 impl Tenant {
     /// Opens tenant `record`'s directory (making what is missing) and loads
     /// its plugin set and secrets; its pods are restored by [`Tenant::restore`].
-    pub async fn open(record: Arc<TenantRecord>, dir: PathBuf, runtime: &Arc<PluginRuntime>) -> anyhow::Result<Tenant> {
+    pub async fn open(record: Arc<TenantRecord>, dir: PathBuf, shared: &Shared) -> anyhow::Result<Tenant> {
         for sub in ["workspace", "pods", "sessions", "data", "plugins"] {
             make_dir(&dir.join(sub))?;
         }
-        let plugins = PluginSet::load(runtime.clone(), &[dir.join("plugins")]).await?;
+        let plugins = PluginSet::load(shared.runtime.clone(), &[dir.join("plugins")]).await?;
         for e in plugins.load_errors() {
             tracing::warn!(tenant = %record.name, "plugin not loaded: {e}");
         }
         let secrets = super::secrets::read(&dir)?;
+        let name = record.name.clone();
+        let record = Arc::new(RwLock::new(record));
+        let quotas = {
+            let (record, defaults) = (record.clone(), shared.quotas.clone());
+            Arc::new(move || defaults.with(&record.read().quotas))
+        };
+        let usage = super::usage::Usage::open(&name, dir.clone(), quotas, shared.metrics.clone())?;
         Ok(Tenant {
-            name: record.name.clone(),
-            namespace: Namespace::named(&record.name)?,
+            namespace: Namespace::named(&name)?,
+            name,
             dir,
-            record: RwLock::new(record),
+            record,
+            usage,
             pods: Mutex::new(BTreeMap::new()),
             creating: Mutex::new(Default::default()),
             plugins: RwLock::new(Arc::new(plugins)),
             plugin_changes: tokio::sync::Mutex::new(()),
             secrets: Arc::new(RwLock::new(secrets)),
             limiter: RateLimiter::default(),
-            running_calls: AtomicU64::new(0),
             workspace_used: Mutex::new(None),
         })
     }
@@ -111,29 +119,42 @@ impl Tenant {
         self.dir.join("workspace")
     }
 
-    /// Bytes in the workspace now (measured off the async threads when
-    /// the last measurement is stale).
-    pub async fn workspace_used(&self, workspace: &cap_std::fs::Dir) -> u64 {
+    /// Bytes in the workspace now (measured again when the last
+    /// measurement is older than [`REMEASURE`]).
+    pub async fn workspace_used(&self, defaults: &Quotas) -> u64 {
         if let Some((used, at)) = *self.workspace_used.lock()
             && at.elapsed() < REMEASURE
         {
             return used;
         }
-        let dir = workspace.try_clone();
-        let used = match dir {
-            Ok(dir) => {
-                tokio::task::spawn_blocking(move || super::files::tree_size(&dir, Path::new(""))).await.unwrap_or(0)
-            }
+        self.measure_workspace(defaults).await
+    }
+
+    /// Measures the workspace (off the async threads), and tells the meter
+    /// whether it is over its quota.
+    pub async fn measure_workspace(&self, defaults: &Quotas) -> u64 {
+        let root = self.workspace();
+        let used = tokio::task::spawn_blocking(move || match super::files::open_workspace(&root) {
+            Ok(dir) => super::files::tree_size(&dir, Path::new("")),
             Err(_) => 0,
-        };
-        *self.workspace_used.lock() = Some((used, std::time::Instant::now()));
+        })
+        .await
+        .unwrap_or(0);
+        self.note_workspace(used, defaults);
         used
     }
 
+    fn note_workspace(&self, used: u64, defaults: &Quotas) {
+        *self.workspace_used.lock() = Some((used, std::time::Instant::now()));
+        let full = used > self.quotas(defaults).workspace_bytes();
+        self.usage.workspace_full.store(full, std::sync::atomic::Ordering::Relaxed);
+    }
+
     /// Counts a write of `added` bytes that replaced `removed` bytes.
-    pub fn charge_workspace(&self, added: u64, removed: u64) {
-        if let Some((used, _)) = self.workspace_used.lock().as_mut() {
-            *used = used.saturating_add(added).saturating_sub(removed);
+    pub fn charge_workspace(&self, added: u64, removed: u64, defaults: &Quotas) {
+        let used = self.workspace_used.lock().map(|(used, _)| used.saturating_add(added).saturating_sub(removed));
+        if let Some(used) = used {
+            self.note_workspace(used, defaults);
         }
     }
 
@@ -318,8 +339,22 @@ impl Tenant {
             namespace: self.namespace.clone(),
             exposure: Exposure::HostOnly,
             env,
+            metering: Some(self.metering()),
         };
         crate::pod::start(spec).await.map_err(|e| ApiError::unprocessable("cannot_start", format!("{e:#}")))
+    }
+}
+
+impl Tenant {
+    /// The tenant's meter for its pods' calls and model requests.
+    fn metering(&self) -> Metering {
+        let usage = self.usage.clone();
+        Metering {
+            calls: Arc::new(super::usage::Meter(self.usage.clone())),
+            models: Arc::new(move |inner: Arc<dyn Provider>, pod: &str| -> Arc<dyn Provider> {
+                Arc::new(super::usage::MeteredProvider { inner, usage: usage.clone(), pod: pod.to_string() })
+            }),
+        }
     }
 }
 
