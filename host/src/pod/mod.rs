@@ -112,8 +112,11 @@ pub struct Metering {
     /// Admits and records tool calls.
     pub calls: Arc<dyn crate::plugin::CallMeter>,
     /// Wraps a pod's model so that its requests are admitted and recorded.
-    pub models: Arc<dyn Fn(Arc<dyn Provider>, &str) -> Arc<dyn Provider> + Send + Sync>,
+    pub models: WrapModel,
 }
+
+/// Wraps the model of the pod named by the second argument.
+pub type WrapModel = Arc<dyn Fn(Arc<dyn Provider>, &str) -> Arc<dyn Provider> + Send + Sync>;
 
 /// How clients reach a pod.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
