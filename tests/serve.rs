@@ -673,3 +673,79 @@ async fn each_quota_refuses_naming_itself_and_loses_nothing() {
     }
     server.stop();
 }
+
+/// A tar entry with any name, however bad (the tar crate's own builder
+/// refuses to write the dangerous ones).
+fn raw_entry(archive: &mut tar::Builder<Vec<u8>>, kind: tar::EntryType, name: &str, link: &str, data: &[u8]) {
+    let mut header = tar::Header::new_gnu();
+    header.as_old_mut().name[..name.len()].copy_from_slice(name.as_bytes());
+    header.as_old_mut().linkname[..link.len()].copy_from_slice(link.as_bytes());
+    header.set_entry_type(kind);
+    header.set_size(data.len() as u64);
+    header.set_mode(0o644);
+    header.set_cksum();
+    archive.append(&header, data).unwrap();
+}
+
+fn archive(entries: &[(tar::EntryType, &str, &str, &[u8])]) -> Vec<u8> {
+    let mut builder = tar::Builder::new(Vec::new());
+    for (kind, name, link, data) in entries {
+        raw_entry(&mut builder, *kind, name, link, data);
+    }
+    builder.into_inner().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tar_upload_is_extracted_whole_inside_the_workspace_or_not_at_all() {
+    use tar::EntryType::{Directory, Link, Regular, Symlink};
+    let tmp = tempfile::tempdir().unwrap();
+    let config = write_config(tmp.path(), "");
+    let server = Server::start(&config);
+    let acme = Api::new(&server, &server.tenant_add("acme", &["workspace_mb=1"]));
+    let globex = Api::new(&server, &server.tenant_add("globex", &[]));
+    assert_eq!(globex.put_bytes("/v1/files/secret.txt", "globex's").await.0, StatusCode::CREATED);
+    let tenants = tmp.path().join("data/tenants");
+
+    let good = archive(&[
+        (Directory, "src", "", b""),
+        (Regular, "src/main.rs", "", b"fn main() {}"),
+        (Symlink, "latest", "src/main.rs", b""),
+        (Link, "copy.rs", "src/main.rs", b""),
+    ]);
+    let (status, body) = acme.put_bytes("/v1/files/proj?extract=tar", good.clone()).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(body, json!({"entries": 4, "bytes": 12}));
+    assert_eq!(acme.get("/v1/files/proj/latest").await.1, json!("fn main() {}"));
+    assert_eq!(acme.get("/v1/files/proj/copy.rs").await.1, json!("fn main() {}"));
+    let (status, _) = acme.put_bytes("/v1/files/proj?extract=tar", good).await;
+    assert_eq!(status, StatusCode::CONFLICT, "an archive does not overwrite a directory that has files");
+
+    for (what, bad) in [
+        ("absolute name", archive(&[(Regular, "/tmp/evil", "", b"x")])),
+        ("dot-dot name", archive(&[(Regular, "../../globex/workspace/secret.txt", "", b"overwritten")])),
+        ("dot-dot inside", archive(&[(Regular, "a/../../x", "", b"x")])),
+        ("link up", archive(&[(Symlink, "up", "../../globex/workspace", b"")])),
+        ("absolute link", archive(&[(Symlink, "etc", "/etc", b"")])),
+        ("link, then a file through it", archive(&[(Symlink, "l", "..", b""), (Regular, "l/x", "", b"x")])),
+        ("hard link out", archive(&[(Link, "passwd", "/etc/passwd", b"")])),
+        ("hard link up", archive(&[(Link, "s", "../../globex/workspace/secret.txt", b"")])),
+        ("a device", archive(&[(tar::EntryType::Char, "null", "", b"")])),
+        ("a file first, then a bad one", archive(&[(Regular, "fine.txt", "", b"fine"), (Regular, "../x", "", b"x")])),
+    ] {
+        let (status, body) = acme.put_bytes("/v1/files/bad?extract=tar", bad).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{what}: {body}");
+        assert_eq!(body["error"]["code"], "unsafe_archive", "{what}: {body}");
+        assert_not_found(&acme.get("/v1/files/bad").await, what);
+    }
+    let big = vec![b'z'; 600 << 10];
+    let bomb = archive(&[(Regular, "a", "", &big), (Regular, "b", "", &big)]);
+    let (status, body) = acme.put_bytes("/v1/files/bomb?extract=tar", bomb).await;
+    assert_eq!(status, StatusCode::INSUFFICIENT_STORAGE, "{body}");
+    assert!(body["error"]["message"].as_str().unwrap().contains("workspace_mb"), "{body}");
+    assert_not_found(&acme.get("/v1/files/bomb").await, "bomb");
+    assert_eq!(std::fs::read_to_string(tenants.join("globex/workspace/secret.txt")).unwrap(), "globex's");
+    assert!(!tmp.path().join("tmp/evil").exists() && !Path::new("/tmp/evil").exists());
+    let (status, body) = acme.put_bytes("/v1/files/x?extract=tar", b"not a tar archive at all, just text".to_vec()).await;
+    assert!(status.is_client_error(), "{status} {body}");
+    server.stop();
+}

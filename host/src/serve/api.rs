@@ -380,19 +380,69 @@ async fn get_file(
     })
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PutQuery {
+    /// `tar`: the body is an archive to extract into the path.
+    extract: Option<String>,
+}
+
 async fn put_file(
     State(server): State<Arc<Server>>,
     TenantCall(tenant): TenantCall,
     Path(path): Path<String>,
+    Query(query): Query<PutQuery>,
     body: Body,
 ) -> Result<Response, ApiError> {
     let path = files::workspace_path(&path)?;
+    match query.extract.as_deref() {
+        None => {}
+        Some("tar") => return extract(&server, &tenant, path, body).await,
+        Some(other) => return Err(ApiError::bad_request("invalid_query", format!("extract={other:?}: only `tar` is known"))),
+    }
     let workspace = files::open_workspace(&tenant.workspace())?;
     let quota = tenant.quotas(&server.config.quotas).workspace_bytes();
     let used = tenant.workspace_used(&server.config.quotas).await;
     let (written, old) = files::put(&workspace, &path, body, quota.saturating_sub(used)).await?;
     tenant.charge_workspace(written, old, &server.config.quotas);
     Ok((StatusCode::CREATED, Json(json!({"path": path, "size": written}))).into_response())
+}
+
+/// Extracts a tar archive into `target`, a directory that must not exist
+/// yet (or be empty): the archive is unpacked beside the workspace first and
+/// moved into place whole, so a refused archive leaves nothing behind.
+async fn extract(server: &Server, tenant: &Arc<Tenant>, target: std::path::PathBuf, body: Body) -> Result<Response, ApiError> {
+    use tokio_util::io::{StreamReader, SyncIoBridge};
+    if target.as_os_str().is_empty() {
+        return Err(ApiError::bad_request("invalid_path", "extract into a directory of the workspace, not its root"));
+    }
+    let quota = tenant.quotas(&server.config.quotas).workspace_bytes();
+    let budget = quota.saturating_sub(tenant.workspace_used(&server.config.quotas).await);
+    let staging_root = tenant.dir().join("staging");
+    std::fs::create_dir_all(&staging_root).map_err(|e| ApiError::internal(format!("cannot stage: {e}")))?;
+    let staging = files::open_workspace(&staging_root)?;
+    let workspace = files::open_workspace(&tenant.workspace())?;
+    let staged = format!("extract-{:016x}", fastrand::u64(..));
+    let stream = body.into_data_stream().map(|chunk| chunk.map_err(std::io::Error::other));
+    let reader = SyncIoBridge::new(StreamReader::new(stream));
+    let name = staged.clone();
+    let outcome = tokio::task::spawn_blocking(move || {
+        let extracted = files::extract_tar(&staging, &name, reader, budget)?;
+        if let Some(parent) = target.parent().filter(|p| !p.as_os_str().is_empty()) {
+            workspace.create_dir_all(parent).map_err(|e| ApiError::conflict("cannot_extract", format!("{}: {e}", target.display())))?;
+        }
+        staging.rename(&name, &workspace, &target).map_err(|e| {
+            ApiError::conflict("target_exists", format!("{}: the target must be a new or empty directory ({e})", target.display()))
+        })?;
+        Ok::<_, ApiError>(extracted)
+    })
+    .await
+    .map_err(|e| ApiError::internal(e.to_string()))?;
+    // Whatever is left of a refused archive goes.
+    let _ = std::fs::remove_dir_all(staging_root.join(&staged));
+    let extracted = outcome?;
+    tenant.charge_workspace(extracted.bytes, 0, &server.config.quotas);
+    Ok((StatusCode::CREATED, Json(json!(extracted))).into_response())
 }
 
 #[derive(Deserialize)]

@@ -208,3 +208,105 @@ pub async fn put(workspace: &Dir, path: &Path, body: axum::body::Body, budget: u
     })?;
     Ok((written, old))
 }
+
+/// Most entries one archive may hold.
+pub const MAX_ARCHIVE_ENTRIES: u64 = 100_000;
+
+/// What an extraction wrote.
+#[derive(Debug, Serialize)]
+pub struct Extracted {
+    /// Entries extracted.
+    pub entries: u64,
+    /// Bytes of file content written.
+    pub bytes: u64,
+}
+
+/// A link target an archive may carry: relative, and only going down
+/// (no `..`, no root), so that it stays inside wherever it is followed
+/// from.
+fn link_stays_inside(target: &Path) -> bool {
+    !target.as_os_str().is_empty()
+        && target.components().all(|c| matches!(c, Component::Normal(_) | Component::CurDir))
+}
+
+fn refused(entry: &Path, why: &str) -> ApiError {
+    ApiError::unprocessable("unsafe_archive", format!("archive entry {}: {why}; nothing was extracted", entry.display()))
+}
+
+/// Extracts a tar stream into a new directory `staged` (a name in
+/// `staging`, which lies outside the workspace), counting file bytes
+/// against `budget`; the caller moves it into place when it is whole.
+/// Refused: absolute names and `..`, links that lead out (absolute or with
+/// `..` in their target), hard links to anything outside the archive,
+/// devices and fifos, more than [`MAX_ARCHIVE_ENTRIES`] entries, and more
+/// bytes than the budget (blocking).
+pub fn extract_tar(staging: &Dir, staged: &str, input: impl std::io::Read, budget: u64) -> Result<Extracted, ApiError> {
+    use std::io::Read;
+    staging.create_dir(staged).map_err(|e| ApiError::internal(format!("cannot stage the archive: {e}")))?;
+    let root = staging.open_dir(staged).map_err(|e| ApiError::internal(format!("cannot stage the archive: {e}")))?;
+    let mut archive = tar::Archive::new(input);
+    let mut done = Extracted { entries: 0, bytes: 0 };
+    let entries = archive.entries().map_err(|e| ApiError::bad_request("bad_archive", format!("not a tar archive: {e}")))?;
+    for entry in entries {
+        let mut entry = entry.map_err(|e| ApiError::bad_request("bad_archive", format!("the archive is damaged: {e}")))?;
+        done.entries += 1;
+        if done.entries > MAX_ARCHIVE_ENTRIES {
+            return Err(ApiError::unprocessable("unsafe_archive", format!("more than {MAX_ARCHIVE_ENTRIES} entries")));
+        }
+        let name = entry.path().map_err(|e| ApiError::bad_request("bad_archive", format!("an entry's name: {e}")))?.into_owned();
+        let path = match workspace_path(&name.to_string_lossy()) {
+            Ok(p) if !name.is_absolute() => p,
+            _ => return Err(refused(&name, "names must be relative and without `..`")),
+        };
+        if path.as_os_str().is_empty() {
+            continue;
+        }
+        let io = |e: std::io::Error| refused(&name, &format!("cannot be written: {e}"));
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            root.create_dir_all(parent).map_err(io)?;
+        }
+        let kind = entry.header().entry_type();
+        match kind {
+            tar::EntryType::Directory => root.create_dir_all(&path).map_err(io)?,
+            tar::EntryType::Regular | tar::EntryType::Continuous => {
+                let mut file = root.create(&path).map_err(io)?;
+                let left = budget.saturating_sub(done.bytes);
+                // One byte past the budget tells an archive that does not fit.
+                let copied = std::io::copy(&mut (&mut entry).take(left.saturating_add(1)), &mut file).map_err(io)?;
+                done.bytes += copied;
+                if copied > left {
+                    return Err(ApiError::new(
+                        axum::http::StatusCode::INSUFFICIENT_STORAGE,
+                        "quota_exceeded",
+                        "quota `workspace_mb`: the archive does not fit in the workspace; nothing was extracted",
+                    ));
+                }
+            }
+            tar::EntryType::Symlink => {
+                let target = entry.link_name().ok().flatten().map(|t| t.into_owned()).unwrap_or_default();
+                if !link_stays_inside(&target) {
+                    return Err(refused(&name, &format!("a link to {} would lead out", target.display())));
+                }
+                root.symlink(&target, &path).map_err(io)?;
+            }
+            tar::EntryType::Link => {
+                let target = entry.link_name().ok().flatten().map(|t| t.into_owned()).unwrap_or_default();
+                let Ok(source) = workspace_path(&target.to_string_lossy()) else {
+                    return Err(refused(&name, "a hard link must name an entry of the archive"));
+                };
+                if target.is_absolute() || source.as_os_str().is_empty() {
+                    return Err(refused(&name, "a hard link must name an entry of the archive"));
+                }
+                // Resolved inside the staged tree only: it cannot reach out.
+                let meta = root.symlink_metadata(&source).map_err(|_| refused(&name, "a hard link must name an earlier file of the archive"))?;
+                if !meta.is_file() {
+                    return Err(refused(&name, "a hard link must name an earlier file of the archive"));
+                }
+                root.hard_link(&source, &root, &path).map_err(io)?;
+            }
+            tar::EntryType::XGlobalHeader | tar::EntryType::XHeader | tar::EntryType::GNULongName | tar::EntryType::GNULongLink => {}
+            other => return Err(refused(&name, &format!("entries of type {other:?} are not extracted"))),
+        }
+    }
+    Ok(done)
+}

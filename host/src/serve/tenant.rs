@@ -81,6 +81,8 @@ impl Tenant {
         for sub in ["workspace", "pods", "sessions", "data", "plugins"] {
             make_dir(&dir.join(sub))?;
         }
+        // Archives a crash left half-extracted.
+        let _ = std::fs::remove_dir_all(dir.join("staging"));
         let plugins = PluginSet::load(shared.runtime.clone(), &[dir.join("plugins")]).await?;
         for e in plugins.load_errors() {
             tracing::warn!(tenant = %record.name, "plugin not loaded: {e}");
