@@ -745,7 +745,50 @@ async fn a_tar_upload_is_extracted_whole_inside_the_workspace_or_not_at_all() {
     assert_not_found(&acme.get("/v1/files/bomb").await, "bomb");
     assert_eq!(std::fs::read_to_string(tenants.join("globex/workspace/secret.txt")).unwrap(), "globex's");
     assert!(!tmp.path().join("tmp/evil").exists() && !Path::new("/tmp/evil").exists());
-    let (status, body) = acme.put_bytes("/v1/files/x?extract=tar", b"not a tar archive at all, just text".to_vec()).await;
+    let (status, body) =
+        acme.put_bytes("/v1/files/x?extract=tar", b"not a tar archive at all, just text".to_vec()).await;
     assert!(status.is_client_error(), "{status} {body}");
+    server.stop();
+}
+
+/// `kill -9` of the server loses no completed item; the run it cut is
+/// marked `interrupted` in the log, and the pod comes back idle.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_server_loses_no_completed_item_and_marks_the_cut_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = write_config(tmp.path(), "");
+    let server = Server::start(&config);
+    let acme = Api::new(&server, &server.tenant_add("acme", &[]));
+    let script = json!({"turns": [
+        {"text": "first answer"},
+        {"text": "never said", "delay_ms": 60000},
+    ]});
+    acme.put_bytes("/v1/files/script.json", script.to_string()).await;
+    let provider = "[provider]\nkind = \"scripted\"\nmodel = \"m\"\nscript = \"script.json\"\n";
+    assert_eq!(acme.put_pod("coder", &format!("[pod]\nname = \"coder\"\n{provider}")).await.0, StatusCode::CREATED);
+    let mut events = Events::open(&acme, "coder", None).await;
+    acme.post("/v1/pods/coder/messages", json!({"input": "zero"})).await;
+    let first = events.run().await;
+    acme.post("/v1/pods/coder/messages", json!({"input": "one"})).await;
+    loop {
+        if events.next().await.1["type"] == "turn_start" {
+            break;
+        }
+    }
+    drop(events);
+    drop(server); // SIGKILL
+
+    let server = Server::start(&config);
+    let acme = Api { base: server.url.clone(), ..acme };
+    let (_, pod) = acme.get("/v1/pods/coder").await;
+    assert_eq!(pod["pod"]["state"], "idle", "{pod}");
+    let history = acme.get("/v1/pods/coder/history").await.1;
+    let texts: Vec<&str> = history["items"].as_array().unwrap().iter().filter_map(|i| i["text"].as_str()).collect();
+    assert_eq!(texts, ["zero", "first answer", "one"]);
+    // Resuming after the first run's end: the cut run's message and its mark.
+    let mut replay = Events::open(&acme, "coder", Some(&first.last().unwrap().0)).await;
+    let cut = replay.run().await;
+    assert_eq!(types(&cut), ["item_appended", "run_end"], "{cut:?}");
+    assert_eq!(cut[1].1["outcome"], "interrupted");
     server.stop();
 }

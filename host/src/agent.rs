@@ -114,6 +114,9 @@ pub enum Outcome {
     Cancelled,
     /// The run stopped on an error (reported in an `error` event before).
     Failed,
+    /// The host stopped during the run (a crash or `kill -9`); written to
+    /// the session log when the pod is brought back.
+    Interrupted,
 }
 
 /// What a hook decides about one tool call.

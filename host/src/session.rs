@@ -77,6 +77,9 @@ pub struct Loaded {
     pub last_usage: Option<Usage>,
     /// Whether a torn last line was dropped.
     pub dropped_torn_line: bool,
+    /// Whether items follow the last `run_end`: a run was going on when
+    /// the log was last written.
+    pub run_open: bool,
 }
 
 /// Where sessions live.
@@ -216,9 +219,13 @@ impl SessionStore {
                     loaded.pod = pod;
                     loaded.continues = continues;
                 }
-                Entry::Item { item } => loaded.items.push(item),
+                Entry::Item { item } => {
+                    loaded.items.push(item);
+                    loaded.run_open = true;
+                }
                 Entry::Usage { usage } => loaded.last_usage = Some(usage),
-                Entry::TurnEnd { .. } | Entry::RunEnd { .. } => {}
+                Entry::RunEnd { .. } => loaded.run_open = false,
+                Entry::TurnEnd { .. } => {}
             }
         }
         Ok(loaded)

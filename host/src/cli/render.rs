@@ -126,7 +126,7 @@ impl Renderer {
 pub fn exit_code(outcome: Outcome) -> u8 {
     match outcome {
         Outcome::Finished => 0,
-        Outcome::Failed => 1,
+        Outcome::Failed | Outcome::Interrupted => 1,
         Outcome::LimitReached => 3,
         Outcome::Paused => 4,
         Outcome::Cancelled => 130,

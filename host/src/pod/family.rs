@@ -660,6 +660,7 @@ async fn watch(family: Weak<Family>, name: String, mut run_ends: mpsc::Unbounded
                 (Outcome::Paused, _) => "paused before a tool call, waiting for an operator".to_string(),
                 (Outcome::LimitReached, _) => "stopped at its turn limit".to_string(),
                 (Outcome::Cancelled, _) => "had its run cancelled".to_string(),
+                (Outcome::Interrupted, _) => "had its run cut short by the host".to_string(),
             };
             let text = format!("child pod {who:?} {what}; {unread} bytes of its output are unread (ReadPodOutput)");
             (parent.1.pod.clone(), text)

@@ -628,6 +628,10 @@ fn open_pod(spec: &MemberSpec, config: &FamilyConfig, id: &PodId, parent: Option
                 writer.append(&Entry::Item { item: item.clone() })?;
                 items.push(item);
             }
+            // A run the host stopped in the middle of is marked as such.
+            if loaded.run_open {
+                writer.append(&Entry::RunEnd { outcome: Outcome::Interrupted })?;
+            }
             (items, writer)
         }
         None => (Vec::new(), config.sessions.create(name, None)?),

@@ -398,7 +398,9 @@ async fn put_file(
     match query.extract.as_deref() {
         None => {}
         Some("tar") => return extract(&server, &tenant, path, body).await,
-        Some(other) => return Err(ApiError::bad_request("invalid_query", format!("extract={other:?}: only `tar` is known"))),
+        Some(other) => {
+            return Err(ApiError::bad_request("invalid_query", format!("extract={other:?}: only `tar` is known")));
+        }
     }
     let workspace = files::open_workspace(&tenant.workspace())?;
     let quota = tenant.quotas(&server.config.quotas).workspace_bytes();
@@ -411,7 +413,12 @@ async fn put_file(
 /// Extracts a tar archive into `target`, a directory that must not exist
 /// yet (or be empty): the archive is unpacked beside the workspace first and
 /// moved into place whole, so a refused archive leaves nothing behind.
-async fn extract(server: &Server, tenant: &Arc<Tenant>, target: std::path::PathBuf, body: Body) -> Result<Response, ApiError> {
+async fn extract(
+    server: &Server,
+    tenant: &Arc<Tenant>,
+    target: std::path::PathBuf,
+    body: Body,
+) -> Result<Response, ApiError> {
     use tokio_util::io::{StreamReader, SyncIoBridge};
     if target.as_os_str().is_empty() {
         return Err(ApiError::bad_request("invalid_path", "extract into a directory of the workspace, not its root"));
@@ -429,10 +436,15 @@ async fn extract(server: &Server, tenant: &Arc<Tenant>, target: std::path::PathB
     let outcome = tokio::task::spawn_blocking(move || {
         let extracted = files::extract_tar(&staging, &name, reader, budget)?;
         if let Some(parent) = target.parent().filter(|p| !p.as_os_str().is_empty()) {
-            workspace.create_dir_all(parent).map_err(|e| ApiError::conflict("cannot_extract", format!("{}: {e}", target.display())))?;
+            workspace
+                .create_dir_all(parent)
+                .map_err(|e| ApiError::conflict("cannot_extract", format!("{}: {e}", target.display())))?;
         }
         staging.rename(&name, &workspace, &target).map_err(|e| {
-            ApiError::conflict("target_exists", format!("{}: the target must be a new or empty directory ({e})", target.display()))
+            ApiError::conflict(
+                "target_exists",
+                format!("{}: the target must be a new or empty directory ({e})", target.display()),
+            )
         })?;
         Ok::<_, ApiError>(extracted)
     })

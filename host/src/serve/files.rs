@@ -225,12 +225,14 @@ pub struct Extracted {
 /// (no `..`, no root), so that it stays inside wherever it is followed
 /// from.
 fn link_stays_inside(target: &Path) -> bool {
-    !target.as_os_str().is_empty()
-        && target.components().all(|c| matches!(c, Component::Normal(_) | Component::CurDir))
+    !target.as_os_str().is_empty() && target.components().all(|c| matches!(c, Component::Normal(_) | Component::CurDir))
 }
 
 fn refused(entry: &Path, why: &str) -> ApiError {
-    ApiError::unprocessable("unsafe_archive", format!("archive entry {}: {why}; nothing was extracted", entry.display()))
+    ApiError::unprocessable(
+        "unsafe_archive",
+        format!("archive entry {}: {why}; nothing was extracted", entry.display()),
+    )
 }
 
 /// Extracts a tar stream into a new directory `staged` (a name in
@@ -246,14 +248,19 @@ pub fn extract_tar(staging: &Dir, staged: &str, input: impl std::io::Read, budge
     let root = staging.open_dir(staged).map_err(|e| ApiError::internal(format!("cannot stage the archive: {e}")))?;
     let mut archive = tar::Archive::new(input);
     let mut done = Extracted { entries: 0, bytes: 0 };
-    let entries = archive.entries().map_err(|e| ApiError::bad_request("bad_archive", format!("not a tar archive: {e}")))?;
+    let entries =
+        archive.entries().map_err(|e| ApiError::bad_request("bad_archive", format!("not a tar archive: {e}")))?;
     for entry in entries {
-        let mut entry = entry.map_err(|e| ApiError::bad_request("bad_archive", format!("the archive is damaged: {e}")))?;
+        let mut entry =
+            entry.map_err(|e| ApiError::bad_request("bad_archive", format!("the archive is damaged: {e}")))?;
         done.entries += 1;
         if done.entries > MAX_ARCHIVE_ENTRIES {
             return Err(ApiError::unprocessable("unsafe_archive", format!("more than {MAX_ARCHIVE_ENTRIES} entries")));
         }
-        let name = entry.path().map_err(|e| ApiError::bad_request("bad_archive", format!("an entry's name: {e}")))?.into_owned();
+        let name = entry
+            .path()
+            .map_err(|e| ApiError::bad_request("bad_archive", format!("an entry's name: {e}")))?
+            .into_owned();
         let path = match workspace_path(&name.to_string_lossy()) {
             Ok(p) if !name.is_absolute() => p,
             _ => return Err(refused(&name, "names must be relative and without `..`")),
@@ -298,13 +305,18 @@ pub fn extract_tar(staging: &Dir, staged: &str, input: impl std::io::Read, budge
                     return Err(refused(&name, "a hard link must name an entry of the archive"));
                 }
                 // Resolved inside the staged tree only: it cannot reach out.
-                let meta = root.symlink_metadata(&source).map_err(|_| refused(&name, "a hard link must name an earlier file of the archive"))?;
+                let meta = root
+                    .symlink_metadata(&source)
+                    .map_err(|_| refused(&name, "a hard link must name an earlier file of the archive"))?;
                 if !meta.is_file() {
                     return Err(refused(&name, "a hard link must name an earlier file of the archive"));
                 }
                 root.hard_link(&source, &root, &path).map_err(io)?;
             }
-            tar::EntryType::XGlobalHeader | tar::EntryType::XHeader | tar::EntryType::GNULongName | tar::EntryType::GNULongLink => {}
+            tar::EntryType::XGlobalHeader
+            | tar::EntryType::XHeader
+            | tar::EntryType::GNULongName
+            | tar::EntryType::GNULongLink => {}
             other => return Err(refused(&name, &format!("entries of type {other:?} are not extracted"))),
         }
     }
