@@ -569,18 +569,27 @@ async fn each_quota_refuses_naming_itself_and_loses_nothing() {
     assert_eq!(upload_plugin(&cpu, "probe", probe.clone(), None).await.0, StatusCode::CREATED);
     cpu.put_bytes("/v1/files/proj/.keep", "").await;
     assert_eq!(cpu.put_pod("p", &pod_toml("p", "")).await.0, StatusCode::CREATED);
-    let (_, spin) = cpu.post("/v1/pods/p/tools/Spin", json!({})).await;
-    assert_eq!(spin["error"]["kind"], "timeout", "{spin}");
-    let response = cpu.request(reqwest::Method::POST, "/v1/pods/p/tools/Noop").json(&json!({})).send().await.unwrap();
+    let mut spins = 0;
+    let response = loop {
+        let (_, spin) = cpu.post("/v1/pods/p/tools/Spin", json!({})).await;
+        assert_eq!(spin["error"]["kind"], "timeout", "{spin}");
+        spins += 1;
+        let response =
+            cpu.request(reqwest::Method::POST, "/v1/pods/p/tools/Noop").json(&json!({})).send().await.unwrap();
+        // The minute may have turned between the two calls: spin again.
+        if response.status() == StatusCode::TOO_MANY_REQUESTS || spins == 3 {
+            break response;
+        }
+    };
     assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
     let wait: u64 = response.headers()["retry-after"].to_str().unwrap().parse().unwrap();
     assert!((1..=60).contains(&wait), "{wait}");
     let body: Value = response.json().await.unwrap();
-    assert_eq!(body["error"]["kind"], "quota_exceeded");
-    assert!(body["error"]["message"].as_str().unwrap().contains("tool_cpu_ms_per_minute"), "{body}");
+    quota_named(&(StatusCode::TOO_MANY_REQUESTS, body), "tool_cpu_ms_per_minute");
     let usage = cpu.get("/v1/usage").await.1;
     assert!(usage["minute"]["tool_cpu_ms"].as_u64().unwrap() >= 300, "{usage}");
-    assert_eq!(usage["pods"]["p"]["tool_calls"], 2, "the refused call is counted too: {usage}");
+    let noops = (spins - 1) + 1;
+    assert_eq!(usage["pods"]["p"]["tool_calls"], spins + noops, "the refused call is counted too: {usage}");
 
     // concurrent_tool_calls: one call runs; a second is refused.
     let conc = Api::new(&server, &server.tenant_add("conc", &["concurrent_tool_calls=1", "tool_timeout_ms=3000"]));
@@ -625,7 +634,7 @@ async fn each_quota_refuses_naming_itself_and_loses_nothing() {
     }
     let body = stopped.expect("the workspace quota never stopped the writes");
     assert!(body["error"]["message"].as_str().unwrap().contains("workspace_mb"), "{body}");
-    // The bound in docs/security.md: what one second of calls writes.
+    // The bound in docs/serve.md: what about one second of calls writes.
     assert!(written <= (1 << 20) + 8 * chunk.len(), "{written} bytes were written");
     assert_eq!(disk.get("/v1/files/proj/keep.txt").await.1, json!("kept"));
     for n in 0..60 {
@@ -790,5 +799,50 @@ async fn a_killed_server_loses_no_completed_item_and_marks_the_cut_run() {
     let cut = replay.run().await;
     assert_eq!(types(&cut), ["item_appended", "run_end"], "{cut:?}");
     assert_eq!(cut[1].1["outcome"], "interrupted");
+    server.stop();
+}
+
+/// A tenant's two pods: W may write `proj`, R may read `proj/sub`. W swaps
+/// `proj/sub` for a symlink to another tenant's workspace; R's next call
+/// must not follow it (the scope's directories are opened without
+/// following links).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_directory_swapped_for_a_symlink_does_not_redirect_another_pods_scope() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = write_config(tmp.path(), "");
+    let server = Server::start(&config);
+    let acme = Api::new(&server, &server.tenant_add("acme", &[]));
+    let globex = Api::new(&server, &server.tenant_add("globex", &[]));
+    globex.put_bytes("/v1/files/secret.txt", "globex's secret").await;
+    assert_eq!(
+        upload_plugin(&acme, "probe", std::fs::read(common::guest("probe")).unwrap(), None).await.0,
+        StatusCode::CREATED
+    );
+    acme.put_bytes("/v1/files/proj/sub/mine.txt", "acme's").await;
+    let (status, body) = acme.put_pod("w", &pod_toml("w", "")).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let proj = body["greeting"]["cwd"].as_str().unwrap().to_string();
+    let reader = "[pod]\nname = \"r\"\n[[scope.allow]]\ntarget = \"proj/sub\"\npermission = \"read\"\n";
+    let (status, body) = acme.put_pod("r", reader).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let sub = body["greeting"]["cwd"].as_str().unwrap().to_string();
+    let read = |path: String| {
+        let acme = acme.clone();
+        async move { acme.post("/v1/pods/r/tools/Fs", json!({"op": "read", "path": path})).await.1 }
+    };
+    assert_eq!(read(format!("{sub}/mine.txt")).await["ok"]["content"], "acme's");
+
+    let fs = |input: Value| {
+        let acme = acme.clone();
+        async move { acme.post("/v1/pods/w/tools/Fs", input).await.1 }
+    };
+    let moved = fs(json!({"op": "rename", "path": format!("{proj}/sub"), "to": format!("{proj}/old")})).await;
+    assert!(moved["ok"].is_object(), "{moved}");
+    let linked =
+        fs(json!({"op": "symlink", "path": format!("{proj}/sub"), "content": "../../../globex/workspace"})).await;
+    assert!(linked["ok"].is_object(), "{linked}");
+    let stolen = read(format!("{sub}/secret.txt")).await;
+    assert!(!stolen.to_string().contains("globex's secret"), "{stolen}");
+    assert!(stolen["error"].is_object(), "{stolen}");
     server.stop();
 }

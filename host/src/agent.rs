@@ -27,7 +27,8 @@ use crate::provider::{
 };
 
 /// What the loop reports while it runs. The pod forwards these to its
-/// clients (all but `item_appended`, which feeds the session log).
+/// clients; `item_appended`, `usage` and `turn_end` also go to the session
+/// log, and carry the log line's place as their event id.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Event {

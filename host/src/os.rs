@@ -20,3 +20,28 @@ pub fn raise_open_file_limit() -> std::io::Result<u64> {
     }
     Ok(limit.rlim_cur)
 }
+
+/// Opens the directory at `path` (absolute) without following any symlink
+/// on the way: a scope's directories are canonical when a pod starts, so a
+/// symlink in one later means the tree was rearranged under the pod (a pod
+/// that may write a parent swapped a directory for a link), and following
+/// it could lead anywhere. `openat2` with `RESOLVE_NO_SYMLINKS` where the
+/// kernel has it (Linux 5.6); else one `openat(O_NOFOLLOW)` per component.
+pub fn open_dir_no_symlinks(path: &std::path::Path) -> std::io::Result<std::os::fd::OwnedFd> {
+    use rustix::fs::{CWD, Mode, OFlags, ResolveFlags, openat, openat2};
+    let flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC;
+    match openat2(CWD, path, flags, Mode::empty(), ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS) {
+        Ok(fd) => return Ok(fd),
+        Err(rustix::io::Errno::NOSYS) => {}
+        Err(e) => return Err(e.into()),
+    }
+    let mut dir = openat(CWD, "/", flags, Mode::empty())?;
+    for part in path.components() {
+        match part {
+            std::path::Component::RootDir => {}
+            std::path::Component::Normal(name) => dir = openat(&dir, name, flags | OFlags::NOFOLLOW, Mode::empty())?,
+            _ => return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a canonical path")),
+        }
+    }
+    Ok(dir)
+}

@@ -181,7 +181,15 @@ impl SessionStore {
         for entry in std::fs::read_dir(&self.dir).into_iter().flatten().flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
             let Some(id) = name.strip_suffix(".jsonl") else { continue };
-            if !id.starts_with(&prefix) {
+            // `POD-SECONDS-HEX`: pod `a` must not take the sessions of `a-b`.
+            let Some(rest) = id.strip_prefix(&prefix) else { continue };
+            let ours = rest.split_once('-').is_some_and(|(secs, hex)| {
+                !secs.is_empty()
+                    && secs.bytes().all(|b| b.is_ascii_digit())
+                    && hex.len() == 8
+                    && hex.bytes().all(|b| b.is_ascii_hexdigit())
+            });
+            if !ours {
                 continue;
             }
             let modified = entry.metadata().and_then(|m| m.modified()).unwrap_or(UNIX_EPOCH);
@@ -297,6 +305,11 @@ mod tests {
         assert!(loaded.dropped_torn_line);
         assert_eq!(store.resolve("latest", "coder").unwrap(), id);
         assert!(store.resolve("latest", "other").is_err());
+        // A newer session of `coder-2` is not `coder`'s.
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let other = store.create("coder-2", None).unwrap();
+        assert_eq!(store.resolve("latest", "coder").unwrap(), id);
+        assert_eq!(store.resolve("latest", "coder-2").unwrap(), other.id());
         assert!(store.resolve("../etc/passwd", "coder").is_err());
     }
 

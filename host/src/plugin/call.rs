@@ -205,7 +205,15 @@ fn wasi_context(pod: &PodContext, plugin: &str, stdout: &Capture, stderr: &Captu
     for preopen in pod.scope().preopens() {
         let perms = if preopen.writable { FsPerms::ReadWrite } else { FsPerms::ReadOnly };
         let guest_path = preopen.dir.to_string_lossy().into_owned();
-        if let Err(e) = builder.preopened_dir(&preopen.dir, guest_path, perms) {
+        // The directory is opened without following symlinks, and wasmtime
+        // is handed that very directory (through its descriptor's entry in
+        // /proc), not its path again: a link swapped into the path cannot
+        // redirect the preopen.
+        let opened = crate::os::open_dir_no_symlinks(&preopen.dir).map_err(anyhow_io).and_then(|fd| {
+            let by_descriptor = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&fd));
+            builder.preopened_dir(by_descriptor, guest_path, perms).map(|_| ())
+        });
+        if let Err(e) = opened {
             tracing::warn!(pod = %pod.name, dir = %preopen.dir.display(), "scope directory left out of the call: {e:?}");
         }
     }
@@ -229,6 +237,10 @@ fn wasi_context(pod: &PodContext, plugin: &str, stdout: &Capture, stderr: &Captu
         }
     }
     builder.build()
+}
+
+fn anyhow_io(e: std::io::Error) -> wasmtime::Error {
+    wasmtime::Error::new(e)
 }
 
 fn log_output(label: &PluginLabel, stdout: &Capture, stderr: &Capture) {

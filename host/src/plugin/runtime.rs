@@ -197,6 +197,8 @@ impl PluginRuntime {
             },
             None => None,
         };
+        // A child of the caller's span (the pod's, and its run's).
+        let span = tracing::info_span!("tool_call", tool = %tool, plugin = %plugin.label.name);
         let (pod, tool, input, admission) = (pod.clone(), tool.to_string(), input.to_string(), self.admission.clone());
         let lane = Some(self.long_calls.clone());
         let ticking = self.ticker.running();
@@ -253,7 +255,7 @@ impl PluginRuntime {
                 None => call.await,
             }
         };
-        let result = match self.workers.spawn(timed).await {
+        let result = match self.workers.spawn(tracing::Instrument::instrument(timed, span)).await {
             Ok(result) => result,
             Err(fault) => {
                 Err(ToolError::new(ToolErrorKind::HostError, format!("the call failed inside the host: {fault}")))

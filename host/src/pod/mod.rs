@@ -618,7 +618,9 @@ fn open_pod(spec: &MemberSpec, config: &FamilyConfig, id: &PodId, parent: Option
             last_usage = loaded.last_usage;
             let mut writer = config.sessions.reopen(id)?;
             // A crash mid-tool-call leaves calls without results: answer them.
-            for (id, name, _) in pending_calls(&items) {
+            let pending = pending_calls(&items);
+            let run_open = loaded.run_open || !pending.is_empty();
+            for (id, name, _) in pending {
                 let item = Item::ToolResult {
                     id,
                     name,
@@ -628,8 +630,9 @@ fn open_pod(spec: &MemberSpec, config: &FamilyConfig, id: &PodId, parent: Option
                 writer.append(&Entry::Item { item: item.clone() })?;
                 items.push(item);
             }
-            // A run the host stopped in the middle of is marked as such.
-            if loaded.run_open {
+            // A run the host stopped in the middle of (or paused) is marked
+            // as ended by the stop: the pod comes back idle.
+            if run_open {
                 writer.append(&Entry::RunEnd { outcome: Outcome::Interrupted })?;
             }
             (items, writer)
@@ -734,7 +737,9 @@ async fn start_pod(
         cancel: None,
         run: None,
     };
-    tokio::spawn(supervise(controller, rx, server, family.clone()));
+    // Everything the pod does is traced under its namespace (a tenant) and name.
+    let span = tracing::info_span!("pod", namespace = %config.namespace, pod = %handle.name);
+    tokio::spawn(tracing::Instrument::instrument(supervise(controller, rx, server, family.clone()), span));
     Ok(handle)
 }
 
@@ -1003,32 +1008,36 @@ impl Controller {
             approved,
             compacted_this_run: false,
         };
-        let task = tokio::spawn(async move {
-            let mut history = shared.history.lock().clone();
-            let tools = PluginTools { host: &plugins, pod: shared.pod_context.clone() };
-            let agent = Agent { provider: provider.as_ref(), tools: &tools, config: &config };
-            let sink_shared = shared.clone();
-            let mut sink = move |event: Event| match event {
-                Event::ItemAppended { item } => sink_shared.append(item),
-                Event::Usage { usage } => {
-                    *sink_shared.last_usage.lock() = Some(usage);
-                    sink_shared.record(&Entry::Usage { usage }, Event::Usage { usage });
-                }
-                Event::TurnEnd { turn, stop } => {
-                    sink_shared.record(&Entry::TurnEnd { turn, stop: Some(stop) }, Event::TurnEnd { turn, stop })
-                }
-                other => {
-                    match &other {
-                        Event::TextDelta { text } => sink_shared.output.push_text(text),
-                        Event::TextDone { .. } => sink_shared.output.end_message(),
-                        _ => {}
+        let span = tracing::info_span!("run", cause);
+        let task = tokio::spawn(tracing::Instrument::instrument(
+            async move {
+                let mut history = shared.history.lock().clone();
+                let tools = PluginTools { host: &plugins, pod: shared.pod_context.clone() };
+                let agent = Agent { provider: provider.as_ref(), tools: &tools, config: &config };
+                let sink_shared = shared.clone();
+                let mut sink = move |event: Event| match event {
+                    Event::ItemAppended { item } => sink_shared.append(item),
+                    Event::Usage { usage } => {
+                        *sink_shared.last_usage.lock() = Some(usage);
+                        sink_shared.record(&Entry::Usage { usage }, Event::Usage { usage });
                     }
-                    sink_shared.broadcast(other);
-                }
-            };
-            let result = agent.run(&mut history, &mut hooks, &mut sink, &cancel).await.map_err(|e| e.to_string());
-            RunDone { history, result }
-        });
+                    Event::TurnEnd { turn, stop } => {
+                        sink_shared.record(&Entry::TurnEnd { turn, stop: Some(stop) }, Event::TurnEnd { turn, stop })
+                    }
+                    other => {
+                        match &other {
+                            Event::TextDelta { text } => sink_shared.output.push_text(text),
+                            Event::TextDone { .. } => sink_shared.output.end_message(),
+                            _ => {}
+                        }
+                        sink_shared.broadcast(other);
+                    }
+                };
+                let result = agent.run(&mut history, &mut hooks, &mut sink, &cancel).await.map_err(|e| e.to_string());
+                RunDone { history, result }
+            },
+            span,
+        ));
         self.run = Some(AbortOnDropHandle::new(task));
     }
 }

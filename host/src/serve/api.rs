@@ -65,7 +65,10 @@ pub fn router(server: Arc<Server>) -> Router {
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint") })
         .layer(DefaultBodyLimit::max(max_body))
         .layer(tower_http::limit::RequestBodyLimitLayer::new(max_body))
-        .layer(tower_http::trace::TraceLayer::new_for_http())
+        .layer(tower_http::trace::TraceLayer::new_for_http().make_span_with(|request: &axum::extract::Request| {
+            // The tenant is filled in once its token is checked.
+            tracing::info_span!("http", method = %request.method(), path = %request.uri().path(), tenant = tracing::field::Empty)
+        }))
         .with_state(server)
 }
 
@@ -116,6 +119,7 @@ impl FromRequestParts<Arc<Server>> for TenantCall {
         let Some(Caller::Tenant(record)) = bearer(parts).and_then(|t| server.registry.authenticate(t)) else {
             return Err(ApiError::unauthorized());
         };
+        tracing::Span::current().record("tenant", record.name.as_str());
         let tenant = server.tenant(record).await?;
         let quotas = tenant.quotas(&server.config.quotas);
         if let Err(wait) = tenant.limiter.take(quotas.requests_per_second) {
@@ -275,14 +279,10 @@ async fn call_tool(
     match pod.call_tool(&tool, input).await {
         Ok(output) => Ok(Json(json!({ "ok": output })).into_response()),
         // A quota's refusal is the API's too: 429 with Retry-After.
-        Err(error) if error.kind == crate::plugin::ToolErrorKind::QuotaExceeded => {
-            let retry_after = error.retry_after_ms.map(Duration::from_millis);
-            let mut response = (StatusCode::TOO_MANY_REQUESTS, Json(json!({ "error": error }))).into_response();
-            if let Some(value) = retry_after.and_then(super::error::retry_after_header) {
-                response.headers_mut().insert(header::RETRY_AFTER, value);
-            }
-            Ok(response)
-        }
+        Err(error) if error.kind == crate::plugin::ToolErrorKind::QuotaExceeded => Err(ApiError {
+            retry_after: error.retry_after_ms.map(Duration::from_millis),
+            ..ApiError::new(StatusCode::TOO_MANY_REQUESTS, "quota_exceeded", error.message)
+        }),
         Err(error) => Ok(Json(json!({ "error": error })).into_response()),
     }
 }
@@ -426,15 +426,21 @@ async fn extract(
     let quota = tenant.quotas(&server.config.quotas).workspace_bytes();
     let budget = quota.saturating_sub(tenant.workspace_used(&server.config.quotas).await);
     let staging_root = tenant.dir().join("staging");
-    std::fs::create_dir_all(&staging_root).map_err(|e| ApiError::internal(format!("cannot stage: {e}")))?;
+    std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700)
+        .create(&staging_root)
+        .map_err(|e| ApiError::internal(format!("cannot stage: {e}")))?;
     let staging = files::open_workspace(&staging_root)?;
     let workspace = files::open_workspace(&tenant.workspace())?;
     let staged = format!("extract-{:016x}", fastrand::u64(..));
     let stream = body.into_data_stream().map(|chunk| chunk.map_err(std::io::Error::other));
-    let reader = SyncIoBridge::new(StreamReader::new(stream));
+    let mut reader = SyncIoBridge::new(StreamReader::new(stream));
     let name = staged.clone();
     let outcome = tokio::task::spawn_blocking(move || {
-        let extracted = files::extract_tar(&staging, &name, reader, budget)?;
+        let extracted = files::extract_tar(&staging, &name, &mut reader, budget);
+        // What a refused archive has left unread is read and dropped, so
+        // that the client, still sending, gets the answer.
+        let _ = std::io::copy(&mut reader, &mut std::io::sink());
+        let extracted = extracted?;
         if let Some(parent) = target.parent().filter(|p| !p.as_os_str().is_empty()) {
             workspace
                 .create_dir_all(parent)
@@ -589,11 +595,8 @@ async fn put_secret(
     }
     let mut secrets = tenant.secrets().read().clone();
     if !secrets.contains_key(&name) && secrets.len() >= super::secrets::MAX_SECRETS {
-        return Err(ApiError::quota(
-            "secrets",
-            format!("a tenant keeps at most {} secrets", super::secrets::MAX_SECRETS),
-            None,
-        ));
+        let message = format!("a tenant keeps at most {} secrets", super::secrets::MAX_SECRETS);
+        return Err(ApiError::conflict("too_many_secrets", message));
     }
     secrets.insert(name, value);
     super::secrets::write(tenant.dir(), &secrets)?;
@@ -639,6 +642,7 @@ fn overrides(values: &std::collections::BTreeMap<String, u64>) -> Result<super::
 
 async fn admin_add(State(server): State<Arc<Server>>, _: AdminCall, body: Bytes) -> Result<Response, ApiError> {
     let NewTenant { name, quotas } = json_body(&body)?;
+    super::tenants::validate_tenant_name(&name).map_err(|e| ApiError::bad_request("invalid_name", format!("{e:#}")))?;
     let overrides = overrides(&quotas)?;
     let store = server.registry.store().clone();
     let token = tokio::task::spawn_blocking(move || store.add(&name, overrides))

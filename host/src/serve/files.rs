@@ -56,6 +56,11 @@ fn io_error(path: &Path, e: std::io::Error) -> ApiError {
             ApiError::conflict("not_empty", format!("{shown}: the directory is not empty (add ?recursive=true)"))
         }
         std::io::ErrorKind::IsADirectory => ApiError::conflict("is_a_directory", format!("{shown} is a directory")),
+        std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded => ApiError::new(
+            axum::http::StatusCode::INSUFFICIENT_STORAGE,
+            "storage_full",
+            format!("{shown}: the server's disk is full"),
+        ),
         std::io::ErrorKind::NotADirectory => {
             ApiError::conflict("not_a_directory", format!("a part of {shown} is not a directory"))
         }
@@ -185,6 +190,9 @@ pub async fn put(workspace: &Dir, path: &Path, body: axum::body::Body, budget: u
             let chunk = chunk.map_err(|e| ApiError::bad_request("bad_body", format!("the upload was cut: {e}")))?;
             written += chunk.len() as u64;
             if written > budget.saturating_add(old) {
+                // The rest of the body is read and dropped, so that the
+                // client, still sending, gets the answer.
+                while let Some(Ok(_)) = stream.next().await {}
                 return Err(ApiError::new(
                     axum::http::StatusCode::INSUFFICIENT_STORAGE,
                     "quota_exceeded",
@@ -242,7 +250,12 @@ fn refused(entry: &Path, why: &str) -> ApiError {
 /// `..` in their target), hard links to anything outside the archive,
 /// devices and fifos, more than [`MAX_ARCHIVE_ENTRIES`] entries, and more
 /// bytes than the budget (blocking).
-pub fn extract_tar(staging: &Dir, staged: &str, input: impl std::io::Read, budget: u64) -> Result<Extracted, ApiError> {
+pub fn extract_tar(
+    staging: &Dir,
+    staged: &str,
+    input: &mut impl std::io::Read,
+    budget: u64,
+) -> Result<Extracted, ApiError> {
     use std::io::Read;
     staging.create_dir(staged).map_err(|e| ApiError::internal(format!("cannot stage the archive: {e}")))?;
     let root = staging.open_dir(staged).map_err(|e| ApiError::internal(format!("cannot stage the archive: {e}")))?;

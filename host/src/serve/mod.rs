@@ -153,6 +153,12 @@ impl Server {
             tracing::info!(tenant = %name, "the tenant was removed; stopping its pods");
             self.forget_tenant(&name).await;
         }
+        // Quota changes reach tenants whose pods run with no API traffic.
+        for tenant in self.opened() {
+            if let Some(record) = self.registry.tenant(&tenant.name) {
+                tenant.refresh(record);
+            }
+        }
     }
 
     /// Stops every pod of every tenant (their manifests stay for the next start).

@@ -1,6 +1,6 @@
 //! A tenant's quotas: their keys and defaults, per-tenant overrides, and
 //! the request rate limiter. Where each quota is enforced is written in
-//! docs/security.md.
+//! docs/serve.md.
 
 use std::time::{Duration, Instant};
 

@@ -135,10 +135,17 @@ impl Tenant {
     /// Measures the workspace (off the async threads), and tells the meter
     /// whether it is over its quota.
     pub async fn measure_workspace(&self, defaults: &Quotas) -> u64 {
-        let root = self.workspace();
-        let used = tokio::task::spawn_blocking(move || match super::files::open_workspace(&root) {
-            Ok(dir) => super::files::tree_size(&dir, Path::new("")),
-            Err(_) => 0,
+        // Plugins' private data directories count too: the tenant's tools
+        // write them just as they write the workspace.
+        let roots = [self.workspace(), self.dir.join("data")];
+        let used = tokio::task::spawn_blocking(move || {
+            roots
+                .iter()
+                .map(|root| match super::files::open_workspace(root) {
+                    Ok(dir) => super::files::tree_size(&dir, Path::new("")),
+                    Err(_) => 0,
+                })
+                .sum()
         })
         .await
         .unwrap_or(0);
@@ -315,9 +322,12 @@ impl Tenant {
         limits.tool_memory_mb = limits.tool_memory_mb.min(quotas.tool_memory_mb);
         limits.tool_timeout_ms = limits.tool_timeout_ms.min(quotas.tool_timeout_ms);
         limits.concurrent_tool_calls = limits.concurrent_tool_calls.min(quotas.concurrent_tool_calls as usize);
+        // Child pods count against nothing else: their number and depth are
+        // held to the live-pod quota and a fixed depth.
+        limits.max_children = limits.max_children.min(quotas.live_pods as usize);
+        limits.max_depth = limits.max_depth.min(MAX_CHILD_DEPTH);
         let workspace = self.workspace();
-        let loaded = resolve_in_workspace(manifest, &workspace)
-            .map_err(|e| ApiError::unprocessable("scope_outside_workspace", format!("{e:#}")))?;
+        let loaded = resolve_in_workspace(manifest, &workspace)?;
         let env = self.environment();
         let name = loaded.manifest.pod.name.clone();
         let (provider, retry): (Option<Arc<dyn Provider>>, RetryPolicy) = match &loaded.manifest.provider {
@@ -381,13 +391,17 @@ fn parse_manifest(body: &[u8], json: bool) -> anyhow::Result<Manifest> {
     }
 }
 
+/// Deepest tree of child pods a tenant's pod may grow.
+const MAX_CHILD_DEPTH: usize = 4;
+
 /// Resolves a tenant's manifest against its workspace: every path in it
 /// (scope targets, working directory, prompt file, script) must be
 /// relative, and must stay inside the workspace once `..` and symlinks are
-/// resolved.
-pub fn resolve_in_workspace(manifest: Manifest, workspace: &Path) -> anyhow::Result<LoadedManifest> {
+/// resolved (`scope_outside_workspace`); other faults are `invalid_manifest`.
+pub fn resolve_in_workspace(manifest: Manifest, workspace: &Path) -> Result<LoadedManifest, ApiError> {
+    let outside = |e: String| ApiError::unprocessable("scope_outside_workspace", e);
     let root = std::fs::canonicalize(workspace)
-        .with_context(|| format!("cannot open the workspace {}", workspace.display()))?;
+        .map_err(|e| ApiError::internal(format!("cannot open the workspace {}: {e}", workspace.display())))?;
     let rule = "paths in a tenant's manifest are relative to its workspace and must stay inside it";
     let mut named: Vec<(String, &Path)> = Vec::new();
     for (i, r) in manifest.scope.allow.iter().enumerate() {
@@ -407,23 +421,26 @@ pub fn resolve_in_workspace(manifest: Manifest, workspace: &Path) -> anyhow::Res
     }
     for (key, path) in &named {
         if path.is_absolute() {
-            anyhow::bail!("key `{key}`: {} is absolute; {rule}", path.display());
+            return Err(outside(format!("key `{key}`: {} is absolute; {rule}", path.display())));
         }
-        let canonical =
-            crate::scope::canonicalize(&root.join(path)).map_err(|e| anyhow::anyhow!("key `{key}`: {e}"))?;
+        let canonical = crate::scope::canonicalize(&root.join(path))
+            .map_err(|e| ApiError::unprocessable("invalid_manifest", format!("key `{key}`: {e}")))?;
         if !canonical.starts_with(&root) {
-            anyhow::bail!("key `{key}`: {} leads outside the workspace; {rule}", path.display());
+            return Err(outside(format!("key `{key}`: {} leads outside the workspace; {rule}", path.display())));
         }
     }
-    let loaded = manifest.resolve(&root, root.join("manifest.toml"))?;
+    let loaded = manifest
+        .resolve(&root, root.join("manifest.toml"))
+        .map_err(|e| ApiError::unprocessable("invalid_manifest", format!("{e:#}")))?;
     // What the scope resolved to is checked again, as the pod will use it.
     for rule_target in loaded.scope.allow.iter().chain(loaded.scope.deny.iter()).map(|r| &r.target) {
         if !rule_target.starts_with(&root) {
-            anyhow::bail!("{} leads outside the workspace; {rule}", rule_target.display());
+            return Err(outside(format!("{} leads outside the workspace; {rule}", rule_target.display())));
         }
     }
     if !loaded.working_dir.starts_with(&root) {
-        anyhow::bail!("the working directory {} lies outside the workspace; {rule}", loaded.working_dir.display());
+        let shown = loaded.working_dir.display();
+        return Err(outside(format!("the working directory {shown} lies outside the workspace; {rule}")));
     }
     Ok(loaded)
 }

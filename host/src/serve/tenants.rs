@@ -184,10 +184,14 @@ impl TenantStore {
             if !self.record_path(name).exists() {
                 bail!("there is no tenant {name:?}");
             }
-            // The record goes first: from then on its token is refused.
+            // The record goes first: from then on its token is refused. The
+            // directory is moved aside in one step (pods a running server
+            // has not stopped yet keep their open files), then deleted.
             std::fs::remove_file(self.record_path(name))?;
-            std::fs::remove_dir_all(self.dir(name))
-                .with_context(|| format!("cannot remove {}", self.dir(name).display()))
+            let aside = self.root().join(format!(".removed-{name}-{:016x}", fastrand::u64(..)));
+            std::fs::rename(self.dir(name), &aside)
+                .with_context(|| format!("cannot remove {}", self.dir(name).display()))?;
+            std::fs::remove_dir_all(&aside).with_context(|| format!("cannot remove {}", aside.display()))
         })
     }
 

@@ -38,7 +38,7 @@ pub enum UsageEntry {
         pod: String,
         /// The tool.
         tool: String,
-        /// The plugin and its component's SHA-256.
+        /// The plugin.
         plugin: String,
         /// The component's SHA-256.
         digest: String,
@@ -170,7 +170,8 @@ impl Usage {
         quotas: Arc<dyn Fn() -> Quotas + Send + Sync>,
         metrics: Arc<Metrics>,
     ) -> anyhow::Result<Arc<Usage>> {
-        std::fs::create_dir_all(dir.join("usage"))?;
+        std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700)
+            .create(dir.join("usage"))?;
         let usage = Arc::new(Usage {
             tenant: tenant.to_string(),
             dir,
@@ -301,7 +302,8 @@ impl CallMeter for Meter {
             );
             return Err(ToolError::quota("tool_cpu_ms_per_minute", message, Some(wait)));
         }
-        let writes = pod.scope().allow.iter().any(|r| r.permission == Permission::Write);
+        let writes = pod.scope().allow.iter().any(|r| r.permission == Permission::Write)
+            || pod.grants.values().any(|g| g.data_dir.is_some());
         if writes {
             usage.workspace_stale.store(true, Ordering::Relaxed);
             if usage.workspace_full.load(Ordering::Relaxed) {
