@@ -50,11 +50,15 @@ pub fn build_engine(allocator: Allocator) -> anyhow::Result<Engine> {
         pool.total_tables(POOL_COMPONENT_INSTANCES * 16);
         pool.max_tables_per_component(64);
         pool.table_elements(100_000);
-        // Give memory back in batches: one madvise (and TLB shootdown) per
-        // 16 finished calls instead of one per call. Measured here: trivial
-        // call p50 37 µs unbatched, 32 µs batched; keeping memory resident
-        // (memset or PAGEMAP_SCAN) was slower, 45-60 µs.
-        pool.decommit_batch_size(16);
+        // Each call gives its memory back itself. Batching (one madvise per
+        // 16 finished calls) made the trivial call faster alone (p50 32 µs
+        // against 37 µs), but the call that completed a batch paid for the
+        // others' memory: with another tenant's calls filling 256 MiB each,
+        // a trivial call's p99 through the API was 24 ms batched by 16,
+        // 16 ms by 4, 5-8 ms unbatched (`cargo bench --bench serve -- noisy`,
+        // YOI_NOISY=Hog). Keeping memory resident (memset or PAGEMAP_SCAN)
+        // was slower still, 45-60 µs.
+        pool.decommit_batch_size(1);
         pool.total_stacks(POOL_COMPONENT_INSTANCES);
         pool.max_memory_size(MAX_MEMORY_BYTES);
         pool.max_core_instance_size(4 << 20);
