@@ -320,7 +320,7 @@ async fn notes_are_transient_and_denials_are_answered() {
         max_retries: 0,
         retry_base_ms: 10,
     };
-    let provider = from_manifest(&section, "/".as_ref(), "/".as_ref(), "p", &|_| None).unwrap();
+    let provider = from_manifest(&section, "/".as_ref(), "/".as_ref(), "p", &|_| None, None).unwrap();
     let tools = Sleepy { log: Arc::default() };
     let cfg = config(10);
     let agent = Agent { provider: provider.as_ref(), tools: &tools, config: &cfg };

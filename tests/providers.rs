@@ -256,7 +256,8 @@ fn section(wire: &dyn Wire, url: &str, max_retries: u32) -> ProviderSection {
 
 fn provider(wire: &dyn Wire, url: &str) -> Box<dyn Provider> {
     let env = |var: &str| Some(format!("key-for-{var}"));
-    from_manifest(&section(wire, url, 2), std::path::Path::new("/"), std::path::Path::new("/"), "p", &env).unwrap()
+    from_manifest(&section(wire, url, 2), std::path::Path::new("/"), std::path::Path::new("/"), "p", &env, None)
+        .unwrap()
 }
 
 static HI: LazyLock<Vec<Item>> = LazyLock::new(|| vec![Item::User { text: "hi".into() }]);
@@ -541,16 +542,17 @@ async fn requests_have_each_wire_formats_shape() {
 fn api_keys_come_from_the_environment() {
     let none = |_: &str| None;
     let mut s = section(&OpenAiWire, "http://127.0.0.1:11434/v1", 0);
-    assert!(from_manifest(&s, "/".as_ref(), "/".as_ref(), "p", &none).is_ok());
+    assert!(from_manifest(&s, "/".as_ref(), "/".as_ref(), "p", &none, None).is_ok());
     s.base_url = None;
-    let err = from_manifest(&s, "/".as_ref(), "/".as_ref(), "p", &none).err().unwrap();
+    let err = from_manifest(&s, "/".as_ref(), "/".as_ref(), "p", &none, None).err().unwrap();
     assert!(err.to_string().contains("OPENAI_API_KEY"), "{err}");
     let mut a = section(&AnthropicWire, "http://x", 0);
     a.api_key_env = Some("MY_CLAUDE_KEY".into());
-    let err = from_manifest(&a, "/".as_ref(), "/".as_ref(), "p", &none).err().unwrap();
+    let err = from_manifest(&a, "/".as_ref(), "/".as_ref(), "p", &none, None).err().unwrap();
     assert!(err.to_string().contains("MY_CLAUDE_KEY"), "{err}");
-    let err =
-        from_manifest(&section(&GeminiWire, "http://x", 0), "/".as_ref(), "/".as_ref(), "p", &none).err().unwrap();
+    let err = from_manifest(&section(&GeminiWire, "http://x", 0), "/".as_ref(), "/".as_ref(), "p", &none, None)
+        .err()
+        .unwrap();
     assert!(err.to_string().contains("GEMINI_API_KEY"), "{err}");
 }
 

@@ -549,6 +549,29 @@ async fn each_quota_refuses_naming_itself_and_loses_nothing() {
     assert_eq!(pods.delete("/v1/pods/one").await.0, StatusCode::NO_CONTENT);
     assert_eq!(pods.put_pod("two", "[pod]\nname = \"two\"\n").await.0, StatusCode::CREATED);
 
+    // live_pods counts child pods too.
+    let kids = Api::new(&server, &server.tenant_add("kids", &["live_pods=2"]));
+    kids.put_bytes("/v1/files/script.json", json!({"turns": []}).to_string()).await;
+    kids.put_bytes("/v1/files/proj/a/.keep", "").await;
+    kids.put_bytes("/v1/files/proj/b/.keep", "").await;
+    let provider = "[provider]\nkind = \"scripted\"\nmodel = \"m\"\nscript = \"script.json\"\n";
+    let (status, body) = kids.put_pod("lead", &pod_toml("lead", provider)).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let cwd = body["greeting"]["cwd"].as_str().unwrap().to_string();
+    let spawn = |name: &str, dir: &str| {
+        let input =
+            json!({"name": name, "task": "wait", "scope": [{"target": format!("{cwd}/{dir}"), "permission": "read"}]});
+        let kids = kids.clone();
+        async move { kids.post("/v1/pods/lead/tools/SpawnPod", input).await.1 }
+    };
+    let first = spawn("kid-a", "a").await;
+    assert!(first["ok"].is_object(), "{first}");
+    let second = spawn("kid-b", "b").await;
+    assert!(second["error"]["message"].as_str().unwrap_or_default().contains("live_pods"), "{second}");
+    let answer = kids.put_pod("other", "[pod]\nname = \"other\"\n").await;
+    assert_eq!(answer.0, StatusCode::TOO_MANY_REQUESTS, "{answer:?}");
+    quota_named(&answer, "live_pods");
+
     // requests_per_second: a burst past the rate gets 429 with Retry-After.
     let rate = Api::new(&server, &server.tenant_add("rate", &["requests_per_second=3"]));
     let mut limited = None;
@@ -670,8 +693,9 @@ async fn each_quota_refuses_naming_itself_and_loses_nothing() {
     let response = admin.request(reqwest::Method::GET, "/metrics").send().await.unwrap();
     assert_eq!(response.status(), StatusCode::OK);
     let text = response.text().await.unwrap();
+    let spun = format!("yoi_tool_calls_total{{tenant=\"cpu\",outcome=\"timeout\"}} {spins}");
     for line in [
-        "yoi_tool_calls_total{tenant=\"cpu\",outcome=\"timeout\"} 1",
+        spun.as_str(),
         "yoi_tool_calls_total{tenant=\"cpu\",outcome=\"quota_exceeded\"} 1",
         "yoi_model_requests_total{tenant=\"tokens\",outcome=\"ok\"} 1",
         "yoi_tool_call_seconds_count{tenant=\"conc\"}",
@@ -844,5 +868,29 @@ async fn a_directory_swapped_for_a_symlink_does_not_redirect_another_pods_scope(
     let stolen = read(format!("{sub}/secret.txt")).await;
     assert!(!stolen.to_string().contains("globex's secret"), "{stolen}");
     assert!(stolen["error"].is_object(), "{stolen}");
+    server.stop();
+}
+
+/// Errors made before a handler runs have the API's error shape too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_outside_the_handlers_have_the_one_error_shape() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = write_config(tmp.path(), "[http]\nmax_body_mb = 1\n");
+    let server = Server::start(&config);
+    let acme = Api::new(&server, &server.tenant_add("acme", &[]));
+    // (On a client of its own: the server closes a connection whose body it refused.)
+    let once = Api { http: reqwest::Client::new(), ..acme.clone() };
+    let (status, body) = once.put_bytes("/v1/files/big", vec![b'x'; (1 << 20) + 1]).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(body["error"]["code"], "too_large", "{body}");
+    let (status, body) = acme.send(reqwest::Method::PATCH, "/v1/pods", None).await;
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(body["error"]["code"], "method_not_allowed", "{body}");
+    let (status, body) = acme.delete("/v1/files/x?recursive=maybe").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(body["error"]["code"], "invalid_request", "{body}");
+    assert!(body["error"]["message"].as_str().unwrap().contains("recursive"), "{body}");
+    let (status, body) = acme.get("/v1/nowhere").await;
+    assert_eq!((status, &body["error"]["code"]), (StatusCode::NOT_FOUND, &json!("not_found")));
     server.stop();
 }

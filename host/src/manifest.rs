@@ -289,6 +289,9 @@ pub struct LoadedManifest {
     pub scope: Scope,
     /// The pod's working directory (canonical).
     pub working_dir: PathBuf,
+    /// When set (a tenant's workspace, canonical), every file the manifest
+    /// makes the host read (prompt file, AGENTS.md, script) must lie in it.
+    pub root: Option<PathBuf>,
 }
 
 impl LoadedManifest {
@@ -377,7 +380,7 @@ impl Manifest {
         if !scope.allow.is_empty() && scope.access(&working_dir) == Access::None {
             bail!("key `pod.working_dir`: {} lies outside the pod's scope", working_dir.display());
         }
-        Ok(LoadedManifest { manifest: self, path, scope, working_dir })
+        Ok(LoadedManifest { manifest: self, path, scope, working_dir, root: None })
     }
 
     /// The per-call limits for plugin calls made by this pod.

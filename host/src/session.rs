@@ -114,7 +114,7 @@ impl SessionStore {
             .append(true)
             .open(&path)
             .with_context(|| format!("cannot create the session log {}", path.display()))?;
-        let mut writer = SessionWriter { id, path, file, lines: 0 };
+        let mut writer = SessionWriter { id, path, file, lines: 0, bytes: 0 };
         writer.append(&Entry::Meta { pod: pod.to_string(), created, continues: continues.map(str::to_string) })?;
         Ok(writer)
     }
@@ -134,7 +134,7 @@ impl SessionStore {
             file.set_len(whole as u64).with_context(|| format!("cannot cut the torn line of {}", path.display()))?;
         }
         let lines = text[..whole].iter().filter(|&&b| b == b'\n').count() as u64;
-        Ok(SessionWriter { id: id.to_string(), path, file, lines })
+        Ok(SessionWriter { id: id.to_string(), path, file, lines, bytes: whole as u64 })
     }
 
     /// The entries of session `id` after its first `skip` lines, each with
@@ -247,6 +247,8 @@ pub struct SessionWriter {
     file: File,
     /// Lines in the log.
     lines: u64,
+    /// Bytes in the log.
+    bytes: u64,
 }
 
 impl SessionWriter {
@@ -270,9 +272,15 @@ impl SessionWriter {
         let mut line = serde_json::to_vec(entry)?;
         line.push(b'\n');
         // One write call per line: a crash leaves at most this line torn.
-        self.file.write_all(&line).with_context(|| format!("cannot append to {}", self.path.display()))?;
+        if let Err(e) = self.file.write_all(&line) {
+            // A partial line (a full disk) is cut off, so the next append
+            // starts a line of its own.
+            let _ = self.file.set_len(self.bytes);
+            return Err(e).with_context(|| format!("cannot append to {}", self.path.display()));
+        }
         self.file.flush()?;
         self.lines += 1;
+        self.bytes += line.len() as u64;
         Ok(())
     }
 }

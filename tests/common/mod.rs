@@ -107,7 +107,8 @@ pub async fn start_pod(
     let base = manifest.parent().unwrap();
     let section = loaded.manifest.provider.clone().expect("a [provider] section");
     let name = loaded.manifest.pod.name.clone();
-    let provider: Arc<dyn Provider> = Arc::from(from_manifest(&section, base, &loaded.working_dir, &name, &|_| None)?);
+    let provider: Arc<dyn Provider> =
+        Arc::from(from_manifest(&section, base, &loaded.working_dir, &name, &|_| None, None)?);
     let options =
         HostOptions { cache_dir: shared_cache(), allocator: Allocator::Pooling, ceilings: Default::default() };
     let plugins = Arc::new(PluginSet::with_plugins(&options, plugin_dirs).await?);

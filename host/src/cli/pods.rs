@@ -68,7 +68,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let (provider, retry): (Option<Arc<dyn Provider>>, RetryPolicy) = match &loaded.manifest.provider {
         Some(section) => {
             let env = |var: &str| std::env::var(var).ok();
-            let p = provider::from_manifest(section, &base, &loaded.working_dir, &name, &env)?;
+            let p = provider::from_manifest(section, &base, &loaded.working_dir, &name, &env, None)?;
             (Some(Arc::from(p)), provider::retry_policy(section))
         }
         None => (None, RetryPolicy::default()),

@@ -429,7 +429,8 @@ impl Family {
         let provider = match &manifest.manifest.provider {
             Some(section) => {
                 let base = manifest.path.parent().unwrap_or(Path::new("/"));
-                let p = provider::from_manifest(section, base, &working_dir, &full, &*self.config.env)
+                let root = manifest.root.as_deref();
+                let p = provider::from_manifest(section, base, &working_dir, &full, &*self.config.env, root)
                     .map_err(|e| Refusal::Failed(format!("cannot set up the child's model: {e:#}")))?;
                 Some(Arc::from(p))
             }

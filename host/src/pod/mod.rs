@@ -60,6 +60,9 @@ use runtime_dir::{RuntimeDir, Status};
 use events::EventHub;
 pub use events::{CLIENT_BUFFER, EventId, REPLAY_BUFFER, Resumed, Stamped};
 
+/// Notes that may wait for the model at once; more are refused.
+const MAX_QUEUED_NOTES: usize = 256;
+
 /// The plugin whose state holds the read tracker (files a pod touched).
 const FS_TOOLS: &str = "fs_tools";
 
@@ -113,6 +116,54 @@ pub struct Metering {
     pub calls: Arc<dyn crate::plugin::CallMeter>,
     /// Wraps a pod's model so that its requests are admitted and recorded.
     pub models: WrapModel,
+    /// The pods that may live at once, child pods included.
+    pub pods: Arc<PodSlots>,
+}
+
+/// A count of live pods against a limit that may change (a tenant's
+/// `live_pods` quota). Each pod holds a [`PodSlot`] until it stops.
+pub struct PodSlots {
+    live: std::sync::atomic::AtomicUsize,
+    max: Box<dyn Fn() -> usize + Send + Sync>,
+}
+
+/// No slot was free.
+#[derive(Debug, thiserror::Error)]
+#[error("quota `live_pods`: {0} pods (child pods included) are live already")]
+pub struct PodSlotsFull(pub usize);
+
+impl PodSlots {
+    /// Slots up to `max()` (read at each [`PodSlots::take`]).
+    pub fn new(max: impl Fn() -> usize + Send + Sync + 'static) -> Arc<PodSlots> {
+        Arc::new(PodSlots { live: Default::default(), max: Box::new(max) })
+    }
+
+    /// Pods holding a slot now.
+    pub fn live(&self) -> usize {
+        self.live.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// A slot, or the error naming the quota.
+    pub fn take(self: &Arc<Self>) -> Result<PodSlot, PodSlotsFull> {
+        let max = (self.max)();
+        let taken =
+            self.live.fetch_update(std::sync::atomic::Ordering::AcqRel, std::sync::atomic::Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            });
+        match taken {
+            Ok(_) => Ok(PodSlot(self.clone())),
+            Err(_) => Err(PodSlotsFull(max)),
+        }
+    }
+}
+
+/// One live pod's slot, given back when dropped.
+pub struct PodSlot(Arc<PodSlots>);
+
+impl Drop for PodSlot {
+    fn drop(&mut self) {
+        self.0.live.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
 }
 
 /// Wraps the model of the pod named by the second argument.
@@ -170,6 +221,8 @@ struct Held {
     runtime: Option<RuntimeDir>,
     /// None when the pod writes nowhere: there is nothing to keep apart.
     _claim: Option<ClaimGuard>,
+    /// Its place among the live pods its metering allows.
+    _slot: Option<PodSlot>,
 }
 
 /// What the controller and the run task share.
@@ -592,6 +645,7 @@ struct Opened {
 fn open_pod(spec: &MemberSpec, config: &FamilyConfig, id: &PodId, parent: Option<&PodId>) -> anyhow::Result<Opened> {
     let manifest = &spec.manifest;
     let name = &manifest.manifest.pod.name;
+    let slot = config.metering.as_ref().map(|m| m.pods.take()).transpose()?;
     let runtime = match config.exposure {
         Exposure::Socket => Some(RuntimeDir::claim(&config.runtime_root, name)?),
         Exposure::HostOnly => None,
@@ -642,7 +696,7 @@ fn open_pod(spec: &MemberSpec, config: &FamilyConfig, id: &PodId, parent: Option
     if let Some(runtime) = &runtime {
         runtime.write_atomic("manifest.toml", toml::to_string(&manifest.manifest)?.as_bytes())?;
     }
-    Ok(Opened { history, session, last_usage, held: Held { runtime, _claim: claim } })
+    Ok(Opened { history, session, last_usage, held: Held { runtime, _claim: claim, _slot: slot } })
 }
 
 /// Starts one pod of `family`, a child of `parent` (its name and id) if given.
@@ -941,6 +995,10 @@ impl Controller {
                 _ => Answer::refused(ErrorCode::NotRunning, "no run is going on"),
             },
             Method::Notify { message } => {
+                if self.shared.notes.lock().len() >= MAX_QUEUED_NOTES {
+                    let why = format!("{MAX_QUEUED_NOTES} notes are waiting for the model already");
+                    return Answer::Refused { code: ErrorCode::InvalidRequest, message: why };
+                }
                 self.notify(message);
                 Answer::Accepted
             }

@@ -11,6 +11,9 @@ use crate::scope::describe_rule;
 /// Most bytes of AGENTS.md included.
 pub const MAX_AGENTS_MD_BYTES: usize = 32 * 1024;
 
+/// Largest prompt file or AGENTS.md read at all.
+const MAX_PROMPT_FILE_BYTES: u64 = 4 << 20;
+
 const DEFAULT_PROMPT: &str = "You are a careful software agent. Use the tools to inspect and change files; \
      read a file before you edit it, and say briefly what you did when you are done.";
 
@@ -20,8 +23,12 @@ pub fn system_prompt(loaded: &LoadedManifest) -> anyhow::Result<String> {
     let base = loaded.path.parent().unwrap_or(Path::new("/"));
     let prompt = match (&agent.prompt, &agent.prompt_file) {
         (Some(p), _) => p.clone(),
-        (None, Some(file)) => std::fs::read_to_string(base.join(file))
-            .map_err(|e| anyhow::anyhow!("key `agent.prompt_file`: cannot read {}: {e}", base.join(file).display()))?,
+        (None, Some(file)) => {
+            let path = base.join(file);
+            let bytes = crate::os::read_file(&path, loaded.root.as_deref(), MAX_PROMPT_FILE_BYTES)
+                .map_err(|e| anyhow::anyhow!("key `agent.prompt_file`: cannot read {}: {e}", path.display()))?;
+            String::from_utf8_lossy(&bytes).into_owned()
+        }
         (None, None) => DEFAULT_PROMPT.to_string(),
     };
     let mut text = prompt.trim_end().to_string();
@@ -38,7 +45,8 @@ pub fn system_prompt(loaded: &LoadedManifest) -> anyhow::Result<String> {
         text.push_str(&format!("- not: {}\n", describe_rule(rule)));
     }
     let agents_md = loaded.working_dir.join("AGENTS.md");
-    if let Ok(content) = std::fs::read_to_string(&agents_md) {
+    if let Ok(bytes) = crate::os::read_file(&agents_md, loaded.root.as_deref(), MAX_PROMPT_FILE_BYTES) {
+        let content = String::from_utf8_lossy(&bytes);
         text.push_str(&format!(
             "\n# AGENTS.md ({})\n{}\n",
             agents_md.display(),

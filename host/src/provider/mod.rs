@@ -59,6 +59,7 @@ pub fn from_manifest(
     cwd: &Path,
     pod: &str,
     env: &dyn Fn(&str) -> Option<String>,
+    root: Option<&Path>,
 ) -> anyhow::Result<Box<dyn Provider>> {
     let timeouts = http::Timeouts {
         connect: Duration::from_millis(section.connect_timeout_ms),
@@ -92,7 +93,7 @@ pub fn from_manifest(
         }
         ProviderKind::Scripted => {
             let Some(script) = &section.script else { bail!("key `provider.script`: missing") };
-            Box::new(scripted::Scripted::load(&section.model, &base.join(script), cwd, pod)?)
+            Box::new(scripted::Scripted::load(&section.model, &base.join(script), cwd, pod, root)?)
         }
     })
 }

@@ -105,9 +105,11 @@ impl Scripted {
     }
 
     /// Reads a script file, taking the turns of `pod`.
-    pub fn load(model: &str, path: &Path, cwd: &Path, pod: &str) -> anyhow::Result<Scripted> {
-        let text = std::fs::read_to_string(path)
+    /// With `root`, the file must lie inside it (see [`crate::os::read_file`]).
+    pub fn load(model: &str, path: &Path, cwd: &Path, pod: &str, root: Option<&Path>) -> anyhow::Result<Scripted> {
+        let bytes = crate::os::read_file(path, root, 64 << 20)
             .map_err(|e| anyhow::anyhow!("cannot read the script {}: {e}", path.display()))?;
+        let text = String::from_utf8_lossy(&bytes);
         let mut script: Script =
             serde_json::from_str(&text).map_err(|e| anyhow::anyhow!("invalid script {}: {e}", path.display()))?;
         if let Some(turns) = script.pods.remove(pod) {

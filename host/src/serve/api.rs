@@ -29,6 +29,9 @@ use super::tenants::Caller;
 use crate::pod::{Answer, EventId, PodError, PodHandle, Stamped};
 use crate::protocol::{ErrorCode, Method};
 
+/// Largest body of the endpoints that take JSON (or a manifest).
+const MAX_JSON_BODY: usize = 1 << 20;
+
 /// The API's routes on `server`.
 pub fn router(server: Arc<Server>) -> Router {
     let max_body = usize::try_from(server.config.http.max_body_mb.saturating_mul(1 << 20)).unwrap_or(usize::MAX);
@@ -46,30 +49,68 @@ pub fn router(server: Arc<Server>) -> Router {
         .route("/v1/pods/{name}/tools/{tool}", post(call_tool))
         .route("/v1/files", get(get_root))
         .route("/v1/files/", get(get_root))
-        .route("/v1/files/{*path}", put(put_file).get(get_file).delete(delete_file))
         .route("/v1/plugins", get(list_plugins))
-        .route("/v1/plugins/{name}", put(put_plugin).get(show_plugin).delete(delete_plugin))
         .route("/v1/secrets", get(list_secrets))
         .route("/v1/secrets/{name}", put(put_secret).delete(delete_secret))
         .route("/v1/admin/tenants", get(admin_list).post(admin_add))
         .route("/v1/admin/tenants/{name}", get(admin_show).delete(admin_remove))
         .route("/v1/admin/tenants/{name}/token", post(admin_rotate))
         .route("/v1/admin/tenants/{name}/quotas", axum::routing::patch(admin_quotas))
-        .layer(tower_http::timeout::TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, timeout));
-    Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .route("/v1/usage", get(usage))
-        .route("/v1/pods/{name}/events", get(events))
-        .merge(bounded)
-        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint") })
+        .layer(DefaultBodyLimit::max(MAX_JSON_BODY))
+        .layer(tower_http::limit::RequestBodyLimitLayer::new(MAX_JSON_BODY));
+    // Files and plugins may be large: they take bodies up to `max_body_mb`.
+    let uploads = Router::new()
+        .route("/v1/files/{*path}", put(put_file).get(get_file).delete(delete_file))
+        .route("/v1/plugins/{name}", put(put_plugin).get(show_plugin).delete(delete_plugin))
         .layer(DefaultBodyLimit::max(max_body))
-        .layer(tower_http::limit::RequestBodyLimitLayer::new(max_body))
+        .layer(tower_http::limit::RequestBodyLimitLayer::new(max_body));
+    Router::new()
+        .route("/v1/pods/{name}/events", get(events))
+        .merge(
+            bounded
+                .merge(uploads)
+                .layer(tower_http::timeout::TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, timeout)),
+        )
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint") })
+        // Outside the limits, so that their answers get the JSON shape too.
+        .layer(axum::middleware::map_response(json_errors))
         .layer(tower_http::trace::TraceLayer::new_for_http().make_span_with(|request: &axum::extract::Request| {
             // The tenant is filled in once its token is checked.
             tracing::info_span!("http", method = %request.method(), path = %request.uri().path(), tenant = tracing::field::Empty)
         }))
         .with_state(server)
+}
+
+/// Errors made outside the handlers (a body over the limit, a timeout, a
+/// wrong method, a path or query that does not parse) come as plain text;
+/// they get the API's one error shape too, with their text as the message.
+async fn json_errors(response: Response) -> Response {
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return response;
+    }
+    let code = match status {
+        StatusCode::PAYLOAD_TOO_LARGE => "too_large",
+        StatusCode::REQUEST_TIMEOUT => "request_timeout",
+        StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
+        s if s.is_server_error() => "internal",
+        _ => "invalid_request",
+    };
+    let text = axum::body::to_bytes(response.into_body(), 64 * 1024).await.unwrap_or_default();
+    let message = match String::from_utf8_lossy(&text).trim() {
+        "" => status.canonical_reason().unwrap_or("error").to_lowercase(),
+        text => text.to_string(),
+    };
+    ApiError::new(status, code, message).into_response()
 }
 
 async fn healthz(State(server): State<Arc<Server>>) -> Json<Value> {
@@ -322,7 +363,10 @@ async fn events(
         }
     };
     let replayed = futures::stream::iter(replay);
-    let live = futures::stream::unfold((live, after), |(mut live, after)| async move {
+    // A client that fell behind gets a `slow_client` notice and the stream
+    // ends: it reconnects with its last id and misses nothing.
+    let live = futures::stream::unfold((Some(live), after), |(live, after)| async move {
+        let mut live = live?;
         loop {
             match live.recv().await {
                 Ok(event) => {
@@ -332,10 +376,10 @@ async fn events(
                     {
                         continue;
                     }
-                    return Some((Ok(event), (live, after)));
+                    return Some((Ok(event), (Some(live), after)));
                 }
                 Err(broadcast::error::RecvError::Lagged(missed)) => {
-                    return Some((Err(missed), (live, after)));
+                    return Some((Err(missed), (None, after)));
                 }
                 Err(broadcast::error::RecvError::Closed) => return None,
             }
@@ -403,6 +447,7 @@ async fn put_file(
         }
     }
     let workspace = files::open_workspace(&tenant.workspace())?;
+    let _writing = tenant.uploads.lock().await;
     let quota = tenant.quotas(&server.config.quotas).workspace_bytes();
     let used = tenant.workspace_used(&server.config.quotas).await;
     let (written, old) = files::put(&workspace, &path, body, quota.saturating_sub(used)).await?;
@@ -423,6 +468,7 @@ async fn extract(
     if target.as_os_str().is_empty() {
         return Err(ApiError::bad_request("invalid_path", "extract into a directory of the workspace, not its root"));
     }
+    let _writing = tenant.uploads.lock().await;
     let quota = tenant.quotas(&server.config.quotas).workspace_bytes();
     let budget = quota.saturating_sub(tenant.workspace_used(&server.config.quotas).await);
     let staging_root = tenant.dir().join("staging");
@@ -435,29 +481,38 @@ async fn extract(
     let stream = body.into_data_stream().map(|chunk| chunk.map_err(std::io::Error::other));
     let mut reader = SyncIoBridge::new(StreamReader::new(stream));
     let name = staged.clone();
+    let usage = tenant.usage.clone();
     let outcome = tokio::task::spawn_blocking(move || {
+        // Runs to its end even if the client goes away: it cleans up itself,
+        // and has the workspace measured again.
+        usage.workspace_stale.store(true, std::sync::atomic::Ordering::Relaxed);
         let extracted = files::extract_tar(&staging, &name, &mut reader, budget);
         // What a refused archive has left unread is read and dropped, so
         // that the client, still sending, gets the answer.
         let _ = std::io::copy(&mut reader, &mut std::io::sink());
-        let extracted = extracted?;
-        if let Some(parent) = target.parent().filter(|p| !p.as_os_str().is_empty()) {
-            workspace
-                .create_dir_all(parent)
-                .map_err(|e| ApiError::conflict("cannot_extract", format!("{}: {e}", target.display())))?;
+        let placed = extracted.and_then(|extracted| {
+            if let Some(parent) = target.parent().filter(|p| !p.as_os_str().is_empty()) {
+                workspace
+                    .create_dir_all(parent)
+                    .map_err(|e| ApiError::conflict("cannot_extract", format!("{}: {e}", target.display())))?;
+            }
+            staging.rename(&name, &workspace, &target).map_err(|e| {
+                let shown = target.display();
+                ApiError::conflict(
+                    "target_exists",
+                    format!("{shown}: the target must be a new or empty directory ({e})"),
+                )
+            })?;
+            Ok(extracted)
+        });
+        // Whatever is left of a refused archive goes.
+        if placed.is_err() {
+            let _ = staging.remove_dir_all(&name);
         }
-        staging.rename(&name, &workspace, &target).map_err(|e| {
-            ApiError::conflict(
-                "target_exists",
-                format!("{}: the target must be a new or empty directory ({e})", target.display()),
-            )
-        })?;
-        Ok::<_, ApiError>(extracted)
+        placed
     })
     .await
     .map_err(|e| ApiError::internal(e.to_string()))?;
-    // Whatever is left of a refused archive goes.
-    let _ = std::fs::remove_dir_all(staging_root.join(&staged));
     let extracted = outcome?;
     tenant.charge_workspace(extracted.bytes, 0, &server.config.quotas);
     Ok((StatusCode::CREATED, Json(json!(extracted))).into_response())
@@ -593,6 +648,7 @@ async fn put_secret(
             format!("a secret holds at most {} bytes", super::secrets::MAX_SECRET_BYTES),
         ));
     }
+    let _changing = tenant.secret_changes.lock().await;
     let mut secrets = tenant.secrets().read().clone();
     if !secrets.contains_key(&name) && secrets.len() >= super::secrets::MAX_SECRETS {
         let message = format!("a tenant keeps at most {} secrets", super::secrets::MAX_SECRETS);
@@ -605,6 +661,7 @@ async fn put_secret(
 }
 
 async fn delete_secret(TenantCall(tenant): TenantCall, Path(name): Path<String>) -> Result<StatusCode, ApiError> {
+    let _changing = tenant.secret_changes.lock().await;
     let mut secrets = tenant.secrets().read().clone();
     if secrets.remove(&name).is_none() {
         return Err(ApiError::not_found("secret", &name));

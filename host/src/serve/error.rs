@@ -64,7 +64,7 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        if self.status.is_server_error() {
+        if self.status.is_server_error() && self.status != StatusCode::INSUFFICIENT_STORAGE {
             tracing::error!(code = self.code, "{}", self.message);
         }
         let body = serde_json::json!({"error": {"code": self.code, "message": self.message}});

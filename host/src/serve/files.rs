@@ -182,6 +182,9 @@ pub async fn put(workspace: &Dir, path: &Path, body: axum::body::Body, budget: u
     };
     let temp = format!(".upload-{}-{:016x}", std::process::id(), fastrand::u64(..));
     let file = dir.create(&temp).map_err(|e| io_error(path, e))?;
+    // Removes the temporary file however the upload ends (a client that
+    // goes away drops this future midway).
+    let _leftover = Leftover { dir: dir.try_clone().map_err(|e| io_error(path, e))?, name: temp.clone() };
     let mut file = tokio::fs::File::from_std(file.into_std());
     let mut written: u64 = 0;
     let mut stream = body.into_data_stream();
@@ -206,15 +209,21 @@ pub async fn put(workspace: &Dir, path: &Path, body: axum::body::Body, budget: u
     }
     .await;
     drop(file);
-    if let Err(e) = outcome {
-        let _ = dir.remove_file(&temp);
-        return Err(e);
-    }
-    dir.rename(&temp, &dir, name).map_err(|e| {
-        let _ = dir.remove_file(&temp);
-        io_error(path, e)
-    })?;
+    outcome?;
+    dir.rename(&temp, &dir, name).map_err(|e| io_error(path, e))?;
     Ok((written, old))
+}
+
+/// A temporary file removed when dropped (a no-op once it was renamed).
+struct Leftover {
+    dir: Dir,
+    name: String,
+}
+
+impl Drop for Leftover {
+    fn drop(&mut self) {
+        let _ = self.dir.remove_file(&self.name);
+    }
 }
 
 /// Most entries one archive may hold.

@@ -54,7 +54,7 @@ pub struct Server {
 /// Writes `bytes` to `path` through a temporary file and a rename, mode 0600.
 pub(crate) fn write_file_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     use std::io::Write;
-    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    let tmp = path.with_extension(format!("tmp{}-{:016x}", std::process::id(), fastrand::u64(..)));
     let mut file = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
@@ -101,6 +101,11 @@ impl Server {
 
     /// The live state of the tenant `record` names, opened on first use.
     async fn tenant(&self, record: Arc<TenantRecord>) -> Result<Arc<Tenant>, ApiError> {
+        let stale = self.tenants.lock().get(&record.name).and_then(|c| c.get().cloned()).filter(|t| !t.is(&record));
+        if let Some(old) = stale {
+            // Removed and added again since it was opened: the old one goes.
+            self.forget_tenant(&old.name).await;
+        }
         let cell = self.tenants.lock().entry(record.name.clone()).or_default().clone();
         let dir = self.registry.store().dir(&record.name);
         let tenant = cell
@@ -147,8 +152,18 @@ impl Server {
     /// Forgets tenants the registry no longer has (removed by `yoi-host
     /// tenant rm` while the server runs).
     async fn sync_with_registry(&self) {
-        let gone: Vec<String> =
-            self.tenants.lock().keys().filter(|name| self.registry.tenant(name).is_none()).cloned().collect();
+        // Gone: removed, or removed and added again as another tenant.
+        let gone: Vec<String> = self
+            .tenants
+            .lock()
+            .iter()
+            .filter(|(name, cell)| match (self.registry.tenant(name), cell.get()) {
+                (None, _) => true,
+                (Some(record), Some(tenant)) => !tenant.is(&record),
+                (Some(_), None) => false,
+            })
+            .map(|(name, _)| name.clone())
+            .collect();
         for name in gone {
             tracing::info!(tenant = %name, "the tenant was removed; stopping its pods");
             self.forget_tenant(&name).await;

@@ -35,6 +35,8 @@ pub struct Tenant {
     record: Arc<RwLock<Arc<TenantRecord>>>,
     /// Its metering and the quotas that depend on it.
     pub usage: Arc<super::usage::Usage>,
+    /// Its live pods, child pods included, against `live_pods`.
+    slots: Arc<crate::pod::PodSlots>,
     /// Its pods by name. The lock is held only to look up or insert.
     pods: Mutex<BTreeMap<String, PodHandle>>,
     /// Names of pods being created (so two creations of one name start one).
@@ -42,6 +44,11 @@ pub struct Tenant {
     plugins: RwLock<Arc<PluginSet>>,
     /// Held while the plugin set changes (uploads and removals, one at a time).
     pub plugin_changes: tokio::sync::Mutex<()>,
+    /// Held while the secrets change.
+    pub secret_changes: tokio::sync::Mutex<()>,
+    /// Held while an upload writes the workspace, so that uploads at once
+    /// cannot each take the whole room left.
+    pub uploads: tokio::sync::Mutex<()>,
     secrets: Arc<RwLock<BTreeMap<String, String>>>,
     /// API requests.
     pub limiter: RateLimiter,
@@ -94,17 +101,21 @@ impl Tenant {
             let (record, defaults) = (record.clone(), shared.quotas.clone());
             Arc::new(move || defaults.with(&record.read().quotas))
         };
-        let usage = super::usage::Usage::open(&name, dir.clone(), quotas, shared.metrics.clone())?;
+        let usage = super::usage::Usage::open(&name, dir.clone(), quotas.clone(), shared.metrics.clone())?;
+        let slots = crate::pod::PodSlots::new(move || usize::try_from(quotas().live_pods).unwrap_or(usize::MAX));
         Ok(Tenant {
             namespace: Namespace::named(&name)?,
             name,
             dir,
             record,
             usage,
+            slots,
             pods: Mutex::new(BTreeMap::new()),
             creating: Mutex::new(Default::default()),
             plugins: RwLock::new(Arc::new(plugins)),
             plugin_changes: tokio::sync::Mutex::new(()),
+            secret_changes: tokio::sync::Mutex::new(()),
+            uploads: tokio::sync::Mutex::new(()),
             secrets: Arc::new(RwLock::new(secrets)),
             limiter: RateLimiter::default(),
             workspace_used: Mutex::new(None),
@@ -165,6 +176,12 @@ impl Tenant {
         if let Some(used) = used {
             self.note_workspace(used, defaults);
         }
+    }
+
+    /// Whether `record` is this tenant's (and not one of the same name
+    /// added after this one was removed).
+    pub fn is(&self, record: &TenantRecord) -> bool {
+        self.record.read().id == record.id
     }
 
     /// Keeps the registry's latest record (quotas, token).
@@ -241,7 +258,7 @@ impl Tenant {
             if pods.contains_key(name) || creating.contains(name) {
                 return Err(ApiError::conflict("already_exists", format!("pod {name:?} already exists")));
             }
-            if (pods.len() + creating.len()) as u64 >= quotas.live_pods {
+            if (self.slots.live() + creating.len()) as u64 >= quotas.live_pods {
                 return Err(ApiError::quota(
                     "live_pods",
                     format!("the quota of {} live pods is reached", quotas.live_pods),
@@ -332,8 +349,15 @@ impl Tenant {
         let name = loaded.manifest.pod.name.clone();
         let (provider, retry): (Option<Arc<dyn Provider>>, RetryPolicy) = match &loaded.manifest.provider {
             Some(section) => {
-                let p = provider::from_manifest(section, &workspace, &loaded.working_dir, &name, &*env)
-                    .map_err(|e| ApiError::unprocessable("invalid_provider", format!("{e:#}")))?;
+                let p = provider::from_manifest(
+                    section,
+                    &workspace,
+                    &loaded.working_dir,
+                    &name,
+                    &*env,
+                    loaded.root.as_deref(),
+                )
+                .map_err(|e| ApiError::unprocessable("invalid_provider", format!("{e:#}")))?;
                 (Some(Arc::from(p)), provider::retry_policy(section))
             }
             None => (None, RetryPolicy::default()),
@@ -353,7 +377,10 @@ impl Tenant {
             env,
             metering: Some(self.metering()),
         };
-        crate::pod::start(spec).await.map_err(|e| ApiError::unprocessable("cannot_start", format!("{e:#}")))
+        crate::pod::start(spec).await.map_err(|e| match e.downcast_ref::<crate::pod::PodSlotsFull>() {
+            Some(full) => ApiError::quota("live_pods", format!("{} pods (child pods included) are live", full.0), None),
+            None => ApiError::unprocessable("cannot_start", format!("{e:#}")),
+        })
     }
 }
 
@@ -363,6 +390,7 @@ impl Tenant {
         let usage = self.usage.clone();
         Metering {
             calls: Arc::new(super::usage::Meter(self.usage.clone())),
+            pods: self.slots.clone(),
             models: Arc::new(move |inner: Arc<dyn Provider>, pod: &str| -> Arc<dyn Provider> {
                 Arc::new(super::usage::MeteredProvider { inner, usage: usage.clone(), pod: pod.to_string() })
             }),
@@ -423,10 +451,15 @@ pub fn resolve_in_workspace(manifest: Manifest, workspace: &Path) -> Result<Load
         if path.is_absolute() {
             return Err(outside(format!("key `{key}`: {} is absolute; {rule}", path.display())));
         }
-        let canonical = crate::scope::canonicalize(&root.join(path))
-            .map_err(|e| ApiError::unprocessable("invalid_manifest", format!("key `{key}`: {e}")))?;
-        if !canonical.starts_with(&root) {
-            return Err(outside(format!("key `{key}`: {} leads outside the workspace; {rule}", path.display())));
+        // One answer for every way out, so that nothing outside (another
+        // tenant's files) can be probed through the error.
+        let out = || outside(format!("key `{key}`: {} leads outside the workspace; {rule}", path.display()));
+        if path.components().any(|c| matches!(c, std::path::Component::ParentDir)) {
+            return Err(out());
+        }
+        match crate::scope::canonicalize(&root.join(path)) {
+            Ok(canonical) if canonical.starts_with(&root) => {}
+            _ => return Err(out()),
         }
     }
     let loaded = manifest
@@ -442,5 +475,5 @@ pub fn resolve_in_workspace(manifest: Manifest, workspace: &Path) -> Result<Load
         let shown = loaded.working_dir.display();
         return Err(outside(format!("the working directory {shown} lies outside the workspace; {rule}")));
     }
-    Ok(loaded)
+    Ok(LoadedManifest { root: Some(root), ..loaded })
 }

@@ -38,6 +38,10 @@ pub struct TenantRecord {
     pub token_sha256: String,
     /// Seconds since the Unix epoch.
     pub created: u64,
+    /// Random, made when the tenant is added: a tenant removed and added
+    /// again under its name is another tenant.
+    #[serde(default)]
+    pub id: String,
     /// Its own quota values.
     #[serde(default)]
     pub quotas: Overrides,
@@ -94,7 +98,7 @@ fn now() -> u64 {
 
 /// Writes `bytes` to `path` atomically with mode 0600.
 fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    let tmp = path.with_extension(format!("tmp{}-{:016x}", std::process::id(), fastrand::u64(..)));
     let mut file = OpenOptions::new()
         .write(true)
         .create(true)
@@ -170,6 +174,7 @@ impl TenantStore {
                 name: name.to_string(),
                 token_sha256: hex::encode(hash(&token)),
                 created: now(),
+                id: format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..)),
                 quotas,
             };
             write_private(&self.record_path(name), &serde_json::to_vec_pretty(&record)?)?;
