@@ -231,6 +231,16 @@ async fn tokens_are_checked_and_one_tenant_cannot_see_anothers_things() {
     assert_eq!(names(globex.get("/v1/pods").await.1), ["a"]);
     assert_eq!(names(acme.get("/v1/pods").await.1), ["a", "only-acme"]);
 
+    // Usage: each tenant sees its own pods' calls only.
+    let usage = |api: &Api| {
+        let api = api.clone();
+        async move { api.get("/v1/usage").await.1 }
+    };
+    let (acme_usage, globex_usage) = (usage(&acme).await, usage(&globex).await);
+    assert_eq!(acme_usage["pods"]["a"]["tool_calls"], 1, "{acme_usage}");
+    assert_eq!(globex_usage["pods"]["a"]["tool_calls"], 2, "{globex_usage}");
+    assert!(globex_usage["pods"].get("only-acme").is_none(), "{globex_usage}");
+
     // Names are per tenant: deleting globex's `a` leaves acme's.
     assert_eq!(globex.delete("/v1/pods/a").await.0, StatusCode::NO_CONTENT);
     assert_eq!(acme.get("/v1/pods/a").await.0, StatusCode::OK);
