@@ -62,9 +62,16 @@ pub(crate) fn write_file_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()>
         .mode(0o600)
         .open(&tmp)
         .with_context(|| format!("cannot write {}", tmp.display()))?;
-    file.write_all(bytes)?;
-    file.sync_all()?;
-    std::fs::rename(&tmp, path).with_context(|| format!("cannot replace {}", path.display()))
+    let written = file
+        .write_all(bytes)
+        .and_then(|()| file.sync_all())
+        .and_then(|()| std::fs::rename(&tmp, path))
+        .with_context(|| format!("cannot replace {}", path.display()));
+    if written.is_err() {
+        // The old file stays whole; the partial new one goes.
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
 }
 
 impl Server {

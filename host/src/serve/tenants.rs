@@ -15,7 +15,6 @@
 
 use std::collections::BTreeMap;
 use std::fs::OpenOptions;
-use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -96,22 +95,6 @@ fn now() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
-/// Writes `bytes` to `path` atomically with mode 0600.
-fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    let tmp = path.with_extension(format!("tmp{}-{:016x}", std::process::id(), fastrand::u64(..)));
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .with_context(|| format!("cannot write {}", tmp.display()))?;
-    file.write_all(bytes)?;
-    file.sync_all()?;
-    std::fs::rename(&tmp, path).with_context(|| format!("cannot replace {}", path.display()))?;
-    Ok(())
-}
-
 /// The tenants' records on disk. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct TenantStore {
@@ -157,7 +140,7 @@ impl TenantStore {
             bail!("cannot lock the registry: {}", std::io::Error::last_os_error());
         }
         let result = change()?;
-        write_private(&self.root().join(".changed"), format!("{}\n", now()).as_bytes())?;
+        super::write_file_atomic(&self.root().join(".changed"), format!("{}\n", now()).as_bytes())?;
         Ok(result)
     }
 
@@ -177,7 +160,7 @@ impl TenantStore {
                 id: format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..)),
                 quotas,
             };
-            write_private(&self.record_path(name), &serde_json::to_vec_pretty(&record)?)?;
+            super::write_file_atomic(&self.record_path(name), &serde_json::to_vec_pretty(&record)?)?;
             Ok(token)
         })
     }
@@ -224,7 +207,7 @@ impl TenantStore {
         self.change(|| {
             let mut record = self.read(name)?.ok_or_else(|| anyhow::anyhow!("there is no tenant {name:?}"))?;
             let result = edit(&mut record)?;
-            write_private(&self.record_path(name), &serde_json::to_vec_pretty(&record)?)?;
+            super::write_file_atomic(&self.record_path(name), &serde_json::to_vec_pretty(&record)?)?;
             Ok(result)
         })
     }
@@ -260,7 +243,7 @@ impl TenantStore {
         self.change(|| {
             let token = new_token(None)?;
             let record = AdminRecord { token_sha256: hex::encode(hash(&token)) };
-            write_private(&self.data.join("admin.json"), &serde_json::to_vec_pretty(&record)?)?;
+            super::write_file_atomic(&self.data.join("admin.json"), &serde_json::to_vec_pretty(&record)?)?;
             Ok(token)
         })
     }
