@@ -1,9 +1,7 @@
 //! `yoi-host serve` as a service: a real server process on 127.0.0.1, real
 //! HTTP clients, two real tenants made with `yoi-host tenant add`.
 
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::time::Duration;
 
 mod common;
@@ -11,80 +9,12 @@ mod common;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-const BIN: &str = env!("CARGO_BIN_EXE_yoi-host");
+use common::server_process::{ServerProcess as Server, write_config};
 
-/// A server process, killed when dropped (so a failing test leaves none).
-struct Server {
-    child: Child,
-    url: String,
-    config: PathBuf,
-    _stderr: std::thread::JoinHandle<()>,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn write_config(dir: &Path, extra: &str) -> PathBuf {
-    let config = dir.join("serve.toml");
-    std::fs::write(&config, format!("listen = \"127.0.0.1:0\"\ndata_dir = \"data\"\n{extra}")).unwrap();
-    config
-}
-
-impl Server {
-    fn start(config: &Path) -> Server {
-        let mut child = Command::new(BIN)
-            .args(["serve", "--config"])
-            .arg(config)
-            .env("YOI_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        let reader = std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                eprintln!("[server] {line}");
-                if let Some(addr) = line.strip_prefix("yoi-host: serving on ") {
-                    let _ = tx.send(addr.split_whitespace().next().unwrap_or_default().to_string());
-                }
-            }
-        });
-        let url = rx.recv_timeout(Duration::from_secs(120)).expect("the server did not start");
-        Server { child, url, config: config.to_path_buf(), _stderr: reader }
-    }
-
-    /// Stops the server with SIGTERM and waits for it.
-    fn stop(mut self) {
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let status = self.child.wait().unwrap();
-        assert!(status.success(), "the server exited with {status}");
-    }
-
-    fn tenant_add(&self, name: &str, quotas: &[&str]) -> String {
-        tenant_cli(
-            &self.config,
-            &[&["add", name][..], &quotas.iter().flat_map(|q| ["--quota", q]).collect::<Vec<_>>()].concat(),
-        )
-    }
-}
-
-fn tenant_cli(config: &Path, args: &[&str]) -> String {
-    let output = Command::new(BIN)
-        .arg("tenant")
-        .args(args.iter().take(1))
-        .arg("--config")
-        .arg(config)
-        .args(&args[1..])
-        .output()
-        .unwrap();
-    assert!(output.status.success(), "tenant {args:?}: {}", String::from_utf8_lossy(&output.stderr));
-    String::from_utf8(output.stdout).unwrap().trim().to_string()
+/// Adds tenant `name` with `quotas` (`KEY=VALUE`) and returns its token.
+fn tenant_add(server: &Server, name: &str, quotas: &[&str]) -> String {
+    let quota_args: Vec<&str> = quotas.iter().flat_map(|q| ["--quota", q]).collect();
+    server.tenant(&[&["add", name][..], &quota_args].concat())
 }
 
 /// A client with a tenant's token.
@@ -153,9 +83,9 @@ fn assert_not_found(answer: &(StatusCode, Value), what: &str) {
 async fn tokens_are_checked_and_one_tenant_cannot_see_anothers_things() {
     let tmp = tempfile::tempdir().unwrap();
     let config = write_config(tmp.path(), "");
-    let server = Server::start(&config);
-    let acme = Api::new(&server, &server.tenant_add("acme", &[]));
-    let globex = Api::new(&server, &server.tenant_add("globex", &[]));
+    let server = Server::start(&config, true);
+    let acme = Api::new(&server, &tenant_add(&server, "acme", &[]));
+    let globex = Api::new(&server, &tenant_add(&server, "globex", &[]));
 
     // Missing, malformed, wrong and unknown-tenant tokens get one answer.
     let anonymous = Api { token: String::new(), ..acme.clone() };
@@ -251,9 +181,9 @@ async fn tokens_are_checked_and_one_tenant_cannot_see_anothers_things() {
 async fn scope_targets_and_file_paths_cannot_leave_the_workspace() {
     let tmp = tempfile::tempdir().unwrap();
     let config = write_config(tmp.path(), "");
-    let server = Server::start(&config);
-    let acme = Api::new(&server, &server.tenant_add("acme", &[]));
-    let _globex = Api::new(&server, &server.tenant_add("globex", &[]));
+    let server = Server::start(&config, true);
+    let acme = Api::new(&server, &tenant_add(&server, "acme", &[]));
+    let _globex = Api::new(&server, &tenant_add(&server, "globex", &[]));
     let data = tmp.path().join("data/tenants");
     std::fs::create_dir_all(data.join("globex/workspace/private")).unwrap();
     std::fs::write(data.join("globex/workspace/private/secret.txt"), "globex's secret").unwrap();
@@ -370,8 +300,8 @@ fn types(events: &[(String, Value)]) -> Vec<String> {
 async fn runs_stream_events_and_a_reconnecting_client_misses_nothing_even_across_a_restart() {
     let tmp = tempfile::tempdir().unwrap();
     let config = write_config(tmp.path(), "");
-    let server = Server::start(&config);
-    let acme = Api::new(&server, &server.tenant_add("acme", &[]));
+    let server = Server::start(&config, true);
+    let acme = Api::new(&server, &tenant_add(&server, "acme", &[]));
     let script = json!({"turns": [
         {"text": "first answer", "chunk_delay_ms": 5},
         {"text": "second answer", "delay_ms": 600},
@@ -412,7 +342,7 @@ async fn runs_stream_events_and_a_reconnecting_client_misses_nothing_even_across
     // A restart: the pod comes back idle with its history, and a client
     // that last saw the end of the first run gets the second from the log.
     server.stop();
-    let server = Server::start(&config);
+    let server = Server::start(&config, true);
     let acme = Api { base: server.url.clone(), ..acme };
     let (status, pod) = acme.get("/v1/pods/coder").await;
     assert_eq!(status, StatusCode::OK, "{pod}");
@@ -465,9 +395,9 @@ async fn a_tenants_plugins_load_for_its_pods_only_and_see_only_its_secrets() {
     common::builds::run_build(&common::builds::repo().join("plugins/examples/csv-stats/build.sh"), &[python.path()]);
     let tmp = tempfile::tempdir().unwrap();
     let config = write_config(tmp.path(), "");
-    let server = Server::start(&config);
-    let acme = Api::new(&server, &server.tenant_add("acme", &[]));
-    let globex = Api::new(&server, &server.tenant_add("globex", &[]));
+    let server = Server::start(&config, true);
+    let acme = Api::new(&server, &tenant_add(&server, "acme", &[]));
+    let globex = Api::new(&server, &tenant_add(&server, "globex", &[]));
 
     let (status, body) = upload_plugin(&acme, "probe", b"not a component".to_vec(), None).await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
@@ -543,7 +473,7 @@ async fn a_tenants_plugins_load_for_its_pods_only_and_see_only_its_secrets() {
 async fn each_quota_refuses_naming_itself_and_loses_nothing() {
     let tmp = tempfile::tempdir().unwrap();
     let config = write_config(tmp.path(), "");
-    let server = Server::start(&config);
+    let server = Server::start(&config, true);
     let probe = std::fs::read(common::guest("probe")).unwrap();
     let quota_named = |answer: &(StatusCode, Value), quota: &str| {
         assert_eq!(answer.1["error"]["code"], "quota_exceeded", "{answer:?}");
@@ -551,7 +481,7 @@ async fn each_quota_refuses_naming_itself_and_loses_nothing() {
     };
 
     // live_pods
-    let pods = Api::new(&server, &server.tenant_add("pods", &["live_pods=1"]));
+    let pods = Api::new(&server, &tenant_add(&server, "pods", &["live_pods=1"]));
     assert_eq!(pods.put_pod("one", "[pod]\nname = \"one\"\n").await.0, StatusCode::CREATED);
     let answer = pods.put_pod("two", "[pod]\nname = \"two\"\n").await;
     assert_eq!(answer.0, StatusCode::TOO_MANY_REQUESTS);
@@ -560,7 +490,7 @@ async fn each_quota_refuses_naming_itself_and_loses_nothing() {
     assert_eq!(pods.put_pod("two", "[pod]\nname = \"two\"\n").await.0, StatusCode::CREATED);
 
     // live_pods counts child pods too.
-    let kids = Api::new(&server, &server.tenant_add("kids", &["live_pods=2"]));
+    let kids = Api::new(&server, &tenant_add(&server, "kids", &["live_pods=2"]));
     kids.put_bytes("/v1/files/script.json", json!({"turns": []}).to_string()).await;
     kids.put_bytes("/v1/files/proj/a/.keep", "").await;
     kids.put_bytes("/v1/files/proj/b/.keep", "").await;
@@ -583,7 +513,7 @@ async fn each_quota_refuses_naming_itself_and_loses_nothing() {
     quota_named(&answer, "live_pods");
 
     // requests_per_second: a burst past the rate gets 429 with Retry-After.
-    let rate = Api::new(&server, &server.tenant_add("rate", &["requests_per_second=3"]));
+    let rate = Api::new(&server, &tenant_add(&server, "rate", &["requests_per_second=3"]));
     let mut limited = None;
     for _ in 0..10 {
         let response = rate.request(reqwest::Method::GET, "/v1/pods").send().await.unwrap();
@@ -598,7 +528,7 @@ async fn each_quota_refuses_naming_itself_and_loses_nothing() {
 
     // tool_cpu_ms_per_minute: an endless loop uses the minute's CPU; the
     // next call is refused until the minute turns.
-    let cpu = Api::new(&server, &server.tenant_add("cpu", &["tool_cpu_ms_per_minute=300", "tool_timeout_ms=1000"]));
+    let cpu = Api::new(&server, &tenant_add(&server, "cpu", &["tool_cpu_ms_per_minute=300", "tool_timeout_ms=1000"]));
     assert_eq!(upload_plugin(&cpu, "probe", probe.clone(), None).await.0, StatusCode::CREATED);
     cpu.put_bytes("/v1/files/proj/.keep", "").await;
     assert_eq!(cpu.put_pod("p", &pod_toml("p", "")).await.0, StatusCode::CREATED);
@@ -625,7 +555,7 @@ async fn each_quota_refuses_naming_itself_and_loses_nothing() {
     assert_eq!(usage["pods"]["p"]["tool_calls"], spins + noops, "the refused call is counted too: {usage}");
 
     // concurrent_tool_calls: one call runs; a second is refused.
-    let conc = Api::new(&server, &server.tenant_add("conc", &["concurrent_tool_calls=1", "tool_timeout_ms=3000"]));
+    let conc = Api::new(&server, &tenant_add(&server, "conc", &["concurrent_tool_calls=1", "tool_timeout_ms=3000"]));
     assert_eq!(upload_plugin(&conc, "probe", probe.clone(), None).await.0, StatusCode::CREATED);
     assert_eq!(conc.put_pod("p", "[pod]\nname = \"p\"\n").await.0, StatusCode::CREATED);
     let spinning = tokio::spawn({
@@ -641,7 +571,7 @@ async fn each_quota_refuses_naming_itself_and_loses_nothing() {
 
     // workspace_mb: an upload past it is 507 and the old file stays whole;
     // a plugin that writes in a loop is stopped soon after the quota.
-    let disk = Api::new(&server, &server.tenant_add("disk", &["workspace_mb=1"]));
+    let disk = Api::new(&server, &tenant_add(&server, "disk", &["workspace_mb=1"]));
     assert_eq!(disk.put_bytes("/v1/files/proj/keep.txt", "kept").await.0, StatusCode::CREATED);
     let answer = disk.put_bytes("/v1/files/proj/keep.txt", vec![b'x'; 2 << 20]).await;
     assert_eq!(answer.0, StatusCode::INSUFFICIENT_STORAGE, "{answer:?}");
@@ -678,7 +608,7 @@ async fn each_quota_refuses_naming_itself_and_loses_nothing() {
 
     // model_tokens_per_day: a run past it fails naming the quota; the
     // history so far is kept.
-    let tokens = Api::new(&server, &server.tenant_add("tokens", &["model_tokens_per_day=1"]));
+    let tokens = Api::new(&server, &tenant_add(&server, "tokens", &["model_tokens_per_day=1"]));
     let script = json!({"turns": [{"text": "first"}, {"text": "second"}]});
     tokens.put_bytes("/v1/files/script.json", script.to_string()).await;
     let provider = "[provider]\nkind = \"scripted\"\nmodel = \"m\"\nscript = \"script.json\"\n";
@@ -698,7 +628,7 @@ async fn each_quota_refuses_naming_itself_and_loses_nothing() {
     assert!(usage["total"]["tokens_in"].as_u64().unwrap() > 0, "{usage}");
 
     // The operator's metrics, per tenant, on the admin token only.
-    let admin = Api { token: tenant_cli(&config, &["admin-token"]), ..tokens.clone() };
+    let admin = Api { token: server.tenant(&["admin-token"]), ..tokens.clone() };
     assert_eq!(tokens.get("/metrics").await.0, StatusCode::UNAUTHORIZED);
     let response = admin.request(reqwest::Method::GET, "/metrics").send().await.unwrap();
     assert_eq!(response.status(), StatusCode::OK);
@@ -743,9 +673,9 @@ async fn a_tar_upload_is_extracted_whole_inside_the_workspace_or_not_at_all() {
     use tar::EntryType::{Directory, Link, Regular, Symlink};
     let tmp = tempfile::tempdir().unwrap();
     let config = write_config(tmp.path(), "");
-    let server = Server::start(&config);
-    let acme = Api::new(&server, &server.tenant_add("acme", &["workspace_mb=1"]));
-    let globex = Api::new(&server, &server.tenant_add("globex", &[]));
+    let server = Server::start(&config, true);
+    let acme = Api::new(&server, &tenant_add(&server, "acme", &["workspace_mb=1"]));
+    let globex = Api::new(&server, &tenant_add(&server, "globex", &[]));
     assert_eq!(globex.put_bytes("/v1/files/secret.txt", "globex's").await.0, StatusCode::CREATED);
     let tenants = tmp.path().join("data/tenants");
 
@@ -800,8 +730,8 @@ async fn a_tar_upload_is_extracted_whole_inside_the_workspace_or_not_at_all() {
 async fn a_killed_server_loses_no_completed_item_and_marks_the_cut_run() {
     let tmp = tempfile::tempdir().unwrap();
     let config = write_config(tmp.path(), "");
-    let server = Server::start(&config);
-    let acme = Api::new(&server, &server.tenant_add("acme", &[]));
+    let server = Server::start(&config, true);
+    let acme = Api::new(&server, &tenant_add(&server, "acme", &[]));
     let script = json!({"turns": [
         {"text": "first answer"},
         {"text": "never said", "delay_ms": 60000},
@@ -821,7 +751,7 @@ async fn a_killed_server_loses_no_completed_item_and_marks_the_cut_run() {
     drop(events);
     drop(server); // SIGKILL
 
-    let server = Server::start(&config);
+    let server = Server::start(&config, true);
     let acme = Api { base: server.url.clone(), ..acme };
     let (_, pod) = acme.get("/v1/pods/coder").await;
     assert_eq!(pod["pod"]["state"], "idle", "{pod}");
@@ -844,9 +774,9 @@ async fn a_killed_server_loses_no_completed_item_and_marks_the_cut_run() {
 async fn a_directory_swapped_for_a_symlink_does_not_redirect_another_pods_scope() {
     let tmp = tempfile::tempdir().unwrap();
     let config = write_config(tmp.path(), "");
-    let server = Server::start(&config);
-    let acme = Api::new(&server, &server.tenant_add("acme", &[]));
-    let globex = Api::new(&server, &server.tenant_add("globex", &[]));
+    let server = Server::start(&config, true);
+    let acme = Api::new(&server, &tenant_add(&server, "acme", &[]));
+    let globex = Api::new(&server, &tenant_add(&server, "globex", &[]));
     globex.put_bytes("/v1/files/secret.txt", "globex's secret").await;
     assert_eq!(
         upload_plugin(&acme, "probe", std::fs::read(common::guest("probe")).unwrap(), None).await.0,
@@ -886,8 +816,8 @@ async fn a_directory_swapped_for_a_symlink_does_not_redirect_another_pods_scope(
 async fn errors_outside_the_handlers_have_the_one_error_shape() {
     let tmp = tempfile::tempdir().unwrap();
     let config = write_config(tmp.path(), "[http]\nmax_body_mb = 1\n");
-    let server = Server::start(&config);
-    let acme = Api::new(&server, &server.tenant_add("acme", &[]));
+    let server = Server::start(&config, true);
+    let acme = Api::new(&server, &tenant_add(&server, "acme", &[]));
     // (On a client of its own: the server closes a connection whose body it refused.)
     let once = Api { http: reqwest::Client::new(), ..acme.clone() };
     let (status, body) = once.put_bytes("/v1/files/big", vec![b'x'; (1 << 20) + 1]).await;

@@ -13,64 +13,37 @@
 //! Run: `cargo bench -p yoi-host --bench serve [-- noisy|capacity|throughput|fanout]`;
 //! `YOI_NOISY=Spin,Hog,Grep,flood` picks the parts of tenant A's load.
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-const BIN: &str = env!("CARGO_BIN_EXE_yoi-host");
+#[path = "../../tests/common/server_process.rs"]
+#[allow(dead_code)]
+mod server_process;
 
+use server_process::{ServerProcess, write_config};
+
+/// A server of its own in a temporary directory.
 struct Server {
-    child: Child,
-    url: String,
-    config: std::path::PathBuf,
+    process: ServerProcess,
     _tmp: tempfile::TempDir,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 impl Server {
     fn start() -> Server {
         let tmp = tempfile::tempdir().unwrap();
-        let config = tmp.path().join("serve.toml");
-        std::fs::write(&config, "listen = \"127.0.0.1:0\"\ndata_dir = \"data\"\n").unwrap();
-        let mut child = Command::new(BIN)
-            .args(["serve", "--config"])
-            .arg(&config)
-            .env("YOI_LOG", "error")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stderr = BufReader::new(child.stderr.take().unwrap());
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in stderr.lines().map_while(Result::ok) {
-                if let Some(addr) = line.strip_prefix("yoi-host: serving on ") {
-                    let _ = tx.send(addr.split_whitespace().next().unwrap_or_default().to_string());
-                }
-            }
-        });
-        let url = rx.recv_timeout(Duration::from_secs(120)).expect("the server did not start");
-        Server { child, url, config, _tmp: tmp }
+        let process = ServerProcess::start(&write_config(tmp.path(), ""), false);
+        Server { process, _tmp: tmp }
     }
 
     fn admin(&self) -> Api {
-        let out = Command::new(BIN).args(["tenant", "admin-token", "--config"]).arg(&self.config).output().unwrap();
-        Api::new(&self.url, String::from_utf8(out.stdout).unwrap().trim())
+        Api::new(&self.process.url, &self.process.tenant(&["admin-token"]))
     }
 
     fn rss_kib(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.process.pid())).unwrap();
         let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
         line.split_whitespace().nth(1).unwrap().parse().unwrap()
     }

@@ -4,6 +4,7 @@
 
 pub mod builds;
 pub mod mock_http;
+pub mod server_process;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
