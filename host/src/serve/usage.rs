@@ -253,8 +253,11 @@ impl Usage {
     /// Refuses a model request once today's tokens reach the quota.
     fn admit_model_request(&self) -> Result<(), String> {
         let quota = (self.quotas)().model_tokens_per_day;
-        let (_, total, _) = self.today();
-        let used = total.tokens_in.saturating_add(total.tokens_out);
+        self.roll(&day_of(now().as_secs()));
+        let used = {
+            let day = self.day.lock();
+            day.total.tokens_in.saturating_add(day.total.tokens_out)
+        };
         if used >= quota {
             return Err(format!(
                 "quota `model_tokens_per_day`: {used} tokens used today (UTC), the quota is {quota}; it refills at midnight UTC"
