@@ -28,6 +28,7 @@ pub mod home;
 pub mod identity;
 pub mod lifecycle;
 pub mod manifest;
+pub mod mcp;
 pub mod os;
 pub mod plugin;
 pub mod plugin_store;

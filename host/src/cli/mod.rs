@@ -7,6 +7,7 @@
 //! success.
 
 mod client;
+mod mcp;
 mod pods;
 mod render;
 mod serve;
@@ -79,6 +80,9 @@ enum Command {
     },
     /// List the pods on this machine.
     Ps,
+    /// Serve a pod's tools, and the pod itself (`ask_pod`), to an MCP
+    /// client on stdin and stdout (see docs/mcp.md).
+    Mcp(mcp::McpArgs),
     /// Host many tenants' pods behind an HTTP API (see docs/serve.md).
     Serve(serve::ConfigArg),
     /// Administer the tenants of a server.
@@ -197,6 +201,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Cancel { pod } => pods::cancel(&pod).await,
         Command::Stop { pod, detach_children } => pods::stop(&pod, detach_children).await,
         Command::Ps => pods::ps(),
+        Command::Mcp(args) => mcp::mcp(args).await,
         Command::Serve(config) => serve::serve(&config).await,
         Command::Tenant(command) => serve::tenant(command),
     }

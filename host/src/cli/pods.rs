@@ -53,14 +53,19 @@ fn home_and_runtime() -> anyhow::Result<(Home, PathBuf)> {
     Ok((home, root))
 }
 
-/// Starts the pod, optionally runs a prompt, and serves until shut down.
-/// Ctrl-C cancels a running run; a second Ctrl-C (or one while idle) shuts
-/// the pod down.
-pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
-    let loaded = LoadedManifest::load(&args.manifest)?;
+/// Starts an operator's pod from its manifest: its plugins (builtin and
+/// `plugins`), its model, its session (continued from `resume`), its scope
+/// claim. Shared by `run` and `mcp`.
+pub(crate) async fn start_pod(
+    manifest: &std::path::Path,
+    plugins: &PluginDirs,
+    resume: Option<&str>,
+    exposure: Exposure,
+) -> anyhow::Result<PodHandle> {
+    let loaded = LoadedManifest::load(manifest)?;
     let name = loaded.manifest.pod.name.clone();
     let (home, runtime_root) = home_and_runtime()?;
-    let plugins = Arc::new(super::plugin_host(&args.plugins).await?);
+    let plugins = Arc::new(super::plugin_host(plugins).await?);
     for e in plugins.load_errors() {
         eprintln!("yoi-host: plugin not loaded: {e}");
     }
@@ -73,13 +78,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         }
         None => (None, RetryPolicy::default()),
     };
-    if args.prompt.is_some() && provider.is_none() {
-        bail!("{}: a prompt needs a [provider] section", args.manifest.display());
-    }
     let sessions = SessionStore::new(home.root().join("sessions"));
-    let resume = args.resume.as_deref().map(|r| sessions.resolve(r, &name)).transpose()?;
+    let resume = resume.map(|r| sessions.resolve(r, &name)).transpose()?;
     let scope_lock = ScopeLock::new(home.scope_lock());
-    let handle = start(PodSpec {
+    start(PodSpec {
         manifest: loaded,
         plugins,
         provider,
@@ -90,11 +92,24 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         scope_lock,
         data_root: home.root().join("data"),
         namespace: Namespace::operator(),
-        exposure: Exposure::Socket,
+        exposure,
         env: process_environment(),
         metering: None,
     })
-    .await?;
+    .await
+}
+
+/// Starts the pod, optionally runs a prompt, and serves until shut down.
+/// Ctrl-C cancels a running run; a second Ctrl-C (or one while idle) shuts
+/// the pod down.
+pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+    let handle = start_pod(&args.manifest, &args.plugins, args.resume.as_deref(), Exposure::Socket).await?;
+    let name = handle.name.clone();
+    if args.prompt.is_some() && !handle.has_model {
+        ask(&handle, Method::Shutdown { detach_children: false }, &mut Renderer::new(args.json)).await?;
+        handle.wait().await;
+        bail!("{}: a prompt needs a [provider] section", args.manifest.display());
+    }
     let mut events = handle.subscribe();
     if let Some(socket) = &handle.socket {
         eprintln!("yoi-host: pod {name} listening on {}", socket.display());

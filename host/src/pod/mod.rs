@@ -448,6 +448,10 @@ pub struct PodView {
     shared: Weak<Shared>,
     sessions: SessionStore,
     plugins: Arc<PluginSet>,
+    /// Tools the pod's model may call only with approval (`pause_before`).
+    pub pause_before: Arc<[String]>,
+    /// Whether the pod has a model (runs need one).
+    pub has_model: bool,
 }
 
 impl std::fmt::Debug for PodView {
@@ -526,6 +530,17 @@ impl PodView {
             return Err(crate::plugin::ToolError::new(crate::plugin::ToolErrorKind::Failed, message));
         };
         self.plugins.call(&shared.pod_context, tool, input).await
+    }
+
+    /// The pod's plugins.
+    pub fn plugins(&self) -> &Arc<PluginSet> {
+        &self.plugins
+    }
+
+    /// The context the pod's tool calls get (scope, limits, grants), while
+    /// the pod lives.
+    pub fn tool_context(&self) -> Option<Arc<PodContext>> {
+        self.shared.upgrade().map(|shared| shared.pod_context.clone())
     }
 
     /// Waits until the pod has stopped and cleaned up (its children
@@ -769,6 +784,8 @@ async fn start_pod(
         shared: Arc::downgrade(&shared),
         sessions: config.sessions.clone(),
         plugins: config.plugins.clone(),
+        pause_before: manifest.manifest.agent.pause_before.clone().into(),
+        has_model: spec.provider.is_some(),
     };
     let handle = PodHandle { commands: commands.clone(), view: Arc::new(view) };
     // The socket server does not keep the pod alive: it holds a weak sender.

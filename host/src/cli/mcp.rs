@@ -1,0 +1,54 @@
+//! `yoi-host mcp`: one pod's tools, and the pod itself, for an MCP client
+//! that starts this command and speaks to it on stdin and stdout. The pod
+//! runs as `run` would start it (its claim on the scope lock included) but
+//! without a socket; it shuts down when the client closes stdin or on
+//! SIGTERM, SIGHUP or Ctrl-C. Nothing but MCP messages goes to stdout.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Args;
+use rmcp::ServiceExt;
+use tokio::signal::unix::{SignalKind, signal};
+
+use super::PluginDirs;
+use crate::mcp::PodServer;
+use crate::pod::Exposure;
+use crate::protocol::Method;
+
+/// `yoi-host mcp`
+#[derive(Args, Debug)]
+pub struct McpArgs {
+    /// The pod manifest: its scope, grants and limits apply to every call.
+    #[arg(long)]
+    manifest: PathBuf,
+    #[command(flatten)]
+    plugins: PluginDirs,
+    /// Continue a session of the pod (for `ask_pod`): its id, or `latest`.
+    #[arg(long, value_name = "ID|latest")]
+    resume: Option<String>,
+}
+
+/// Serves the pod on stdio until the client goes away or a signal comes.
+pub async fn mcp(args: McpArgs) -> anyhow::Result<ExitCode> {
+    let pod = super::pods::start_pod(&args.manifest, &args.plugins, args.resume.as_deref(), Exposure::HostOnly).await?;
+    let service = PodServer::new(pod.downgrade())
+        .serve(rmcp::transport::stdio())
+        .await
+        .context("the MCP client did not start a session on stdio")?;
+    let mut terminate = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+    let mut hangup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
+    let cancel = service.cancellation_token();
+    tokio::select! {
+        _ = service.waiting() => {}
+        _ = terminate.recv() => cancel.cancel(),
+        _ = hangup.recv() => cancel.cancel(),
+        _ = tokio::signal::ctrl_c() => cancel.cancel(),
+    }
+    // The session is over: the run (if any) is cancelled and logged, the
+    // claim released.
+    let _ = pod.request(Method::Shutdown { detach_children: false }).await;
+    pod.wait_family().await;
+    Ok(ExitCode::SUCCESS)
+}
