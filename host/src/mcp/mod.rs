@@ -13,6 +13,7 @@
 mod approval;
 mod ask;
 mod catalog;
+pub mod http;
 
 use std::sync::Arc;
 

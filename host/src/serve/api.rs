@@ -77,6 +77,9 @@ pub fn router(server: Arc<Server>) -> Router {
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint") })
         // Outside the limits, so that their answers get the JSON shape too.
         .layer(axum::middleware::map_response(json_errors))
+        // MCP answers in its own shapes (JSON-RPC errors, SSE streams of any
+        // length) and bounds its own bodies.
+        .route("/v1/pods/{name}/mcp", axum::routing::any(mcp))
         .layer(tower_http::trace::TraceLayer::new_for_http().make_span_with(|request: &axum::extract::Request| {
             // The tenant is filled in once its token is checked.
             tracing::info_span!("http", method = %request.method(), path = %request.uri().path(), tenant = tracing::field::Empty)
@@ -326,6 +329,18 @@ async fn call_tool(
         }),
         Err(error) => Ok(Json(json!({ "error": error })).into_response()),
     }
+}
+
+/// A pod's MCP endpoint: its tools and `ask_pod` over Streamable HTTP, in
+/// both protocol eras (docs/mcp.md).
+async fn mcp(
+    State(server): State<Arc<Server>>,
+    TenantCall(tenant): TenantCall,
+    Path(name): Path<String>,
+    request: axum::extract::Request,
+) -> Result<Response, ApiError> {
+    let pod = pod_of(&tenant, &name)?;
+    Ok(tenant.mcp.handle(&server.config.mcp, &pod, request).await.map(Body::new))
 }
 
 /// The event stream of a pod, as Server-Sent Events. Each event's id

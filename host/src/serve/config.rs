@@ -27,6 +27,8 @@ struct ConfigFile {
     ceilings: CeilingsSection,
     #[serde(default)]
     http: HttpSection,
+    #[serde(default)]
+    mcp: McpSection,
 }
 
 /// `[ceilings]`: caps on every call whatever a tenant's quota says.
@@ -79,6 +81,47 @@ fn default_request_timeout_s() -> u64 {
     15 * 60
 }
 
+/// `[mcp]`: the pods' MCP endpoints (`/v1/pods/{name}/mcp`).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct McpSection {
+    /// `Host` values the endpoints answer (`name` or `name:port`); others
+    /// are refused (DNS rebinding). Empty: `localhost`, `127.0.0.1`, `::1`
+    /// and the listen address.
+    #[serde(default)]
+    pub allowed_hosts: Vec<String>,
+    /// Browser origins allowed to call the endpoints
+    /// (`https://app.example.com:443`); a request with any other `Origin`
+    /// is refused. Empty: every request that carries an `Origin`.
+    #[serde(default)]
+    pub allowed_origins: Vec<String>,
+    /// MCP sessions (2025-11-25 clients) open at once on one pod.
+    #[serde(default = "default_max_sessions")]
+    pub max_sessions_per_pod: usize,
+    /// A session unused this long (seconds) is closed.
+    #[serde(default = "default_session_idle_s")]
+    pub session_idle_s: u64,
+}
+
+impl Default for McpSection {
+    fn default() -> Self {
+        McpSection {
+            allowed_hosts: Vec::new(),
+            allowed_origins: Vec::new(),
+            max_sessions_per_pod: default_max_sessions(),
+            session_idle_s: default_session_idle_s(),
+        }
+    }
+}
+
+fn default_max_sessions() -> usize {
+    32
+}
+
+fn default_session_idle_s() -> u64 {
+    300
+}
+
 /// The server's configuration, checked and resolved.
 #[derive(Clone, Debug)]
 pub struct ServeConfig {
@@ -94,6 +137,8 @@ pub struct ServeConfig {
     pub ceilings: Ceilings,
     /// Limits of the HTTP layer.
     pub http: HttpSection,
+    /// The MCP endpoints.
+    pub mcp: McpSection,
 }
 
 impl ServeConfig {
@@ -114,6 +159,19 @@ impl ServeConfig {
         if file.http.max_body_mb == 0 || file.http.request_timeout_s == 0 {
             bail!("[http]: max_body_mb and request_timeout_s must be at least 1");
         }
+        if file.mcp.max_sessions_per_pod == 0 || file.mcp.session_idle_s == 0 {
+            bail!("[mcp]: max_sessions_per_pod and session_idle_s must be at least 1");
+        }
+        if let Some(origin) = file.mcp.allowed_origins.iter().find(|o| *o != "null" && !o.contains("://")) {
+            bail!("[mcp]: allowed_origins: {origin:?} needs a scheme, as in https://{origin}");
+        }
+        let mut mcp = file.mcp;
+        if mcp.allowed_hosts.is_empty() {
+            mcp.allowed_hosts = vec!["localhost".into(), "127.0.0.1".into(), "::1".into()];
+            if !file.listen.ip().is_unspecified() {
+                mcp.allowed_hosts.push(file.listen.ip().to_string());
+            }
+        }
         let ceilings = Ceilings {
             timeout: Duration::from_millis(file.ceilings.tool_timeout_ms),
             memory_bytes: file.ceilings.tool_memory_mb.saturating_mul(1 << 20),
@@ -125,6 +183,7 @@ impl ServeConfig {
             quotas: file.quotas,
             ceilings,
             http: file.http,
+            mcp,
         })
     }
 

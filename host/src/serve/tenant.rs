@@ -55,6 +55,8 @@ pub struct Tenant {
     /// Bytes in the workspace, once measured (then kept up to date by the
     /// API's writes and re-measured when older than [`REMEASURE`]).
     workspace_used: Mutex<Option<(u64, std::time::Instant)>>,
+    /// Its pods' MCP endpoints.
+    pub mcp: crate::mcp::http::Endpoints,
 }
 
 /// How long a measurement of the workspace's size is trusted: tools write
@@ -119,6 +121,7 @@ impl Tenant {
             secrets: Arc::new(RwLock::new(secrets)),
             limiter: RateLimiter::default(),
             workspace_used: Mutex::new(None),
+            mcp: Default::default(),
         })
     }
 
@@ -311,6 +314,7 @@ impl Tenant {
     /// the tenant has no such pod.
     pub async fn delete_pod(&self, name: &str) -> Result<bool, ApiError> {
         let Some(handle) = self.pods.lock().remove(name) else { return Ok(false) };
+        self.mcp.forget(name);
         let _ = std::fs::remove_file(self.manifest_path(name));
         let _ = handle.request(crate::protocol::Method::Shutdown { detach_children: false }).await;
         handle.wait().await;
@@ -319,6 +323,7 @@ impl Tenant {
 
     /// Stops every pod (the server is shutting down); their manifests stay.
     pub async fn stop_all(&self) {
+        self.mcp.close_all();
         let pods: Vec<PodHandle> = std::mem::take(&mut *self.pods.lock()).into_values().collect();
         for pod in &pods {
             let _ = pod.request(crate::protocol::Method::Shutdown { detach_children: false }).await;

@@ -1,0 +1,188 @@
+//! The MCP endpoints of a server's pods, `/v1/pods/{name}/mcp`, on the
+//! SDK's Streamable HTTP transport. The API has checked the tenant's token
+//! and found the pod by (tenant, name) before a request gets here; each
+//! pod has an endpoint of its own, with its own sessions, so a session id
+//! of one pod means nothing to another pod, of this tenant or any other.
+//! The transport checks `Host` (against DNS rebinding) and `Origin`, bounds
+//! bodies, and serves both eras: sessions for 2025-11-25 clients (at most
+//! `max_sessions_per_pod`, closed when idle), stateless requests for
+//! 2026-07-28 ones.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::Stream;
+use http_body_util::combinators::BoxBody;
+use parking_lot::Mutex;
+use rmcp::model::{ClientJsonRpcMessage, ServerJsonRpcMessage};
+use rmcp::transport::streamable_http_server::session::ServerSseMessage;
+use rmcp::transport::streamable_http_server::session::local::{LocalSessionManager, LocalSessionManagerError};
+use rmcp::transport::streamable_http_server::{
+    RestoreOutcome, SessionId, SessionManager, StreamableHttpServerConfig, StreamableHttpService,
+};
+use tokio_util::sync::CancellationToken;
+
+use super::PodServer;
+use crate::identity::PodId;
+use crate::pod::PodHandle;
+use crate::serve::config::McpSection;
+
+/// Largest MCP request body.
+const MAX_BODY: usize = 1 << 20;
+
+/// A tenant's MCP endpoints, one per pod, made on first use.
+#[derive(Default)]
+pub struct Endpoints {
+    by_pod: Mutex<HashMap<String, Endpoint>>,
+}
+
+#[derive(Clone)]
+struct Endpoint {
+    pod: PodId,
+    service: StreamableHttpService<PodServer, CappedSessions>,
+    stop: CancellationToken,
+}
+
+impl Endpoint {
+    fn new(settings: &McpSection, pod: &PodHandle) -> Endpoint {
+        let stop = CancellationToken::new();
+        let mut config = StreamableHttpServerConfig::default()
+            .with_allowed_hosts(settings.allowed_hosts.clone())
+            .with_max_request_body_bytes(MAX_BODY)
+            .with_cancellation_token(stop.clone());
+        config = if settings.allowed_origins.is_empty() {
+            config.enforce_origin_validation()
+        } else {
+            config.with_allowed_origins(settings.allowed_origins.clone())
+        };
+        let mut sessions = LocalSessionManager::default();
+        sessions.session_config.keep_alive = Some(Duration::from_secs(settings.session_idle_s));
+        let sessions = Arc::new(CappedSessions { inner: sessions, max: settings.max_sessions_per_pod });
+        // The tool list is made once; every session and request gets a copy.
+        let server = PodServer::new(pod.downgrade());
+        let service = StreamableHttpService::new(move || Ok(server.clone()), sessions, config);
+        Endpoint { pod: pod.id.clone(), service, stop }
+    }
+}
+
+impl Endpoints {
+    /// Serves one HTTP request to `pod`'s endpoint.
+    pub async fn handle<B>(
+        &self,
+        settings: &McpSection,
+        pod: &PodHandle,
+        request: http::Request<B>,
+    ) -> http::Response<BoxBody<Bytes, Infallible>>
+    where
+        B: http_body::Body + Send + 'static,
+        B::Error: std::fmt::Display,
+    {
+        let endpoint = {
+            let mut by_pod = self.by_pod.lock();
+            match by_pod.get(&pod.name) {
+                Some(endpoint) if endpoint.pod == pod.id => endpoint.clone(),
+                _ => {
+                    // A pod of that name made again gets a new endpoint; the
+                    // old one's sessions end.
+                    let endpoint = Endpoint::new(settings, pod);
+                    if let Some(old) = by_pod.insert(pod.name.clone(), endpoint.clone()) {
+                        old.stop.cancel();
+                    }
+                    endpoint
+                }
+            }
+        };
+        endpoint.service.handle(request).await
+    }
+
+    /// Ends the sessions of pod `name` (deleted).
+    pub fn forget(&self, name: &str) {
+        if let Some(endpoint) = self.by_pod.lock().remove(name) {
+            endpoint.stop.cancel();
+        }
+    }
+
+    /// Ends every session (the tenant's pods are stopping).
+    pub fn close_all(&self) {
+        for (_, endpoint) in self.by_pod.lock().drain() {
+            endpoint.stop.cancel();
+        }
+    }
+}
+
+/// The SDK's in-memory sessions, at most `max` at once.
+struct CappedSessions {
+    inner: LocalSessionManager,
+    max: usize,
+}
+
+/// Why a session could not be served.
+#[derive(Debug, thiserror::Error)]
+enum SessionsError {
+    #[error(transparent)]
+    Local(#[from] LocalSessionManagerError),
+    #[error("this pod has {0} MCP sessions open already: close one (DELETE) or let one expire")]
+    Full(usize),
+}
+
+impl SessionManager for CappedSessions {
+    type Error = SessionsError;
+    type Transport = <LocalSessionManager as SessionManager>::Transport;
+
+    async fn create_session(&self) -> Result<(SessionId, Self::Transport), Self::Error> {
+        if self.inner.sessions.read().await.len() >= self.max {
+            return Err(SessionsError::Full(self.max));
+        }
+        Ok(self.inner.create_session().await?)
+    }
+
+    async fn initialize_session(
+        &self,
+        id: &SessionId,
+        message: ClientJsonRpcMessage,
+    ) -> Result<ServerJsonRpcMessage, Self::Error> {
+        Ok(self.inner.initialize_session(id, message).await?)
+    }
+
+    async fn has_session(&self, id: &SessionId) -> Result<bool, Self::Error> {
+        Ok(self.inner.has_session(id).await?)
+    }
+
+    async fn close_session(&self, id: &SessionId) -> Result<(), Self::Error> {
+        Ok(self.inner.close_session(id).await?)
+    }
+
+    async fn create_stream(
+        &self,
+        id: &SessionId,
+        message: ClientJsonRpcMessage,
+    ) -> Result<impl Stream<Item = ServerSseMessage> + Send + Sync + 'static, Self::Error> {
+        Ok(self.inner.create_stream(id, message).await?)
+    }
+
+    async fn accept_message(&self, id: &SessionId, message: ClientJsonRpcMessage) -> Result<(), Self::Error> {
+        Ok(self.inner.accept_message(id, message).await?)
+    }
+
+    async fn create_standalone_stream(
+        &self,
+        id: &SessionId,
+    ) -> Result<impl Stream<Item = ServerSseMessage> + Send + Sync + 'static, Self::Error> {
+        Ok(self.inner.create_standalone_stream(id).await?)
+    }
+
+    async fn resume(
+        &self,
+        id: &SessionId,
+        last_event_id: String,
+    ) -> Result<impl Stream<Item = ServerSseMessage> + Send + Sync + 'static, Self::Error> {
+        Ok(self.inner.resume(id, last_event_id).await?)
+    }
+
+    async fn restore_session(&self, id: SessionId) -> Result<RestoreOutcome<Self::Transport>, Self::Error> {
+        Ok(self.inner.restore_session(id).await?)
+    }
+}
