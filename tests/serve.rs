@@ -9,65 +9,8 @@ mod common;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
+use common::api::{Api, tenant_add, upload_plugin};
 use common::server_process::{ServerProcess as Server, write_config};
-
-/// Adds tenant `name` with `quotas` (`KEY=VALUE`) and returns its token.
-fn tenant_add(server: &Server, name: &str, quotas: &[&str]) -> String {
-    let quota_args: Vec<&str> = quotas.iter().flat_map(|q| ["--quota", q]).collect();
-    server.tenant(&[&["add", name][..], &quota_args].concat())
-}
-
-/// A client with a tenant's token.
-#[derive(Clone)]
-struct Api {
-    http: reqwest::Client,
-    base: String,
-    token: String,
-}
-
-impl Api {
-    fn new(server: &Server, token: &str) -> Api {
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        Api { http: reqwest::Client::new(), base: server.url.clone(), token: token.to_string() }
-    }
-
-    fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
-        self.http.request(method, format!("{}{path}", self.base)).bearer_auth(&self.token)
-    }
-
-    async fn send(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (StatusCode, Value) {
-        let mut request = self.request(method, path);
-        if let Some(body) = body {
-            request = request.json(&body);
-        }
-        let response = request.send().await.unwrap();
-        let status = response.status();
-        let text = response.text().await.unwrap();
-        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
-    }
-
-    async fn get(&self, path: &str) -> (StatusCode, Value) {
-        self.send(reqwest::Method::GET, path, None).await
-    }
-
-    async fn post(&self, path: &str, body: Value) -> (StatusCode, Value) {
-        self.send(reqwest::Method::POST, path, Some(body)).await
-    }
-
-    async fn delete(&self, path: &str) -> (StatusCode, Value) {
-        self.send(reqwest::Method::DELETE, path, None).await
-    }
-
-    async fn put_bytes(&self, path: &str, body: impl Into<reqwest::Body>) -> (StatusCode, Value) {
-        let response = self.request(reqwest::Method::PUT, path).body(body).send().await.unwrap();
-        let status = response.status();
-        (status, response.json().await.unwrap_or(Value::Null))
-    }
-
-    async fn put_pod(&self, name: &str, toml: &str) -> (StatusCode, Value) {
-        self.put_bytes(&format!("/v1/pods/{name}"), toml.to_string()).await
-    }
-}
 
 fn pod_toml(name: &str, extra: &str) -> String {
     format!("[pod]\nname = \"{name}\"\n{extra}\n[[scope.allow]]\ntarget = \"proj\"\npermission = \"write\"\n")
@@ -373,17 +316,6 @@ async fn runs_stream_events_and_a_reconnecting_client_misses_nothing_even_across
         while let Ok(Some(_)) = from_log.response.chunk().await {}
     });
     end.await.expect("the event stream stayed open after the server stopped");
-}
-
-async fn upload_plugin(api: &Api, name: &str, component: Vec<u8>, capabilities: Option<&str>) -> (StatusCode, Value) {
-    let mut form = reqwest::multipart::Form::new().part("component", reqwest::multipart::Part::bytes(component));
-    if let Some(text) = capabilities {
-        form = form.text("capabilities", text.to_string());
-    }
-    let response =
-        api.request(reqwest::Method::PUT, &format!("/v1/plugins/{name}")).multipart(form).send().await.unwrap();
-    let status = response.status();
-    (status, response.json().await.unwrap_or(Value::Null))
 }
 
 /// A tenant's own plugins (a Rust one and the Python example) are checked

@@ -2,6 +2,7 @@
 //! directories holding chosen test components, and hosts that load them.
 #![allow(dead_code)]
 
+pub mod api;
 pub mod builds;
 pub mod mock_http;
 pub mod server_process;
