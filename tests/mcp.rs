@@ -332,3 +332,89 @@ async fn another_tenant_host_or_origin_reaches_nothing() {
     assert!(host.status().is_client_error(), "a foreign Host: {}", host.status());
     server.stop();
 }
+
+/// A reverse proxy in front of `target` that adds `token` to every request
+/// (the conformance suite cannot send credentials); returns its URL.
+async fn token_proxy(target: String, token: String) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let client = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let forward = move |request: axum::extract::Request| {
+        let (client, target, token) = (client.clone(), target.clone(), token.clone());
+        async move {
+            let (parts, body) = request.into_parts();
+            let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+            let mut headers = parts.headers;
+            headers.remove("content-length");
+            headers.remove("transfer-encoding");
+            let response = client
+                .request(parts.method, format!("{target}{path}"))
+                .headers(headers)
+                .bearer_auth(token)
+                .body(reqwest::Body::wrap_stream(body.into_data_stream()))
+                .send()
+                .await
+                .unwrap();
+            let mut answer = axum::http::Response::builder().status(response.status());
+            for (name, value) in response.headers() {
+                if !matches!(name.as_str(), "content-length" | "transfer-encoding" | "connection") {
+                    answer = answer.header(name, value);
+                }
+            }
+            answer.body(axum::body::Body::from_stream(response.bytes_stream())).unwrap()
+        }
+    };
+    let app = axum::Router::new().fallback(forward);
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    url
+}
+
+/// The official conformance suite's required scenarios of both eras against
+/// a pod whose plugin offers the suite's text fixtures. What a tool host
+/// does not offer (prompts, resources, completion, non-text content, tools
+/// that ask the client) is listed with its reason in
+/// tests/mcp/expected-failures.*.yml; the suite fails on anything else, and
+/// on a listed failure that passes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_conformance_suite_passes_but_for_the_listed_failures() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start(&write_config(tmp.path(), ""), false);
+    let api = Api::new(&server, &tenant_add(&server, "acme", &[]));
+    let component = std::fs::read(common::guest("conformance")).unwrap();
+    let (status, body) = upload_plugin(&api, "conformance", component, None).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(api.put_bytes("/v1/files/project/.keep", "").await.0, StatusCode::CREATED);
+    let pod = "[pod]\nname = \"c\"\n\n[[scope.allow]]\ntarget = \"project\"\npermission = \"read\"\n";
+    let (status, body) = api.put_pod("c", pod).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let proxy = token_proxy(server.url.clone(), api.token.clone()).await;
+    let url = format!("{proxy}/v1/pods/c/mcp");
+
+    let path = clients_path();
+    for revision in ["2025-11-25", "2026-07-28"] {
+        let expected = repo().join(format!("tests/mcp/expected-failures.{revision}.yml"));
+        let results = tmp.path().join(format!("results-{revision}"));
+        let (url, path) = (url.clone(), path.clone());
+        let out = tokio::task::spawn_blocking(move || {
+            Command::new("conformance")
+                .env("PATH", path)
+                .args(["server", "--url", &url, "--requirements", revision, "--expected-failures"])
+                .arg(&expected)
+                .arg("--output-dir")
+                .arg(&results)
+                .output()
+                .unwrap()
+        })
+        .await
+        .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let summary = stdout.find("=== SUMMARY ===").map_or(&stdout[..], |i| &stdout[i..]);
+        eprintln!("conformance {revision}:\n{summary}");
+        assert!(
+            out.status.success(),
+            "conformance {revision} failed:\n{stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    server.stop();
+}

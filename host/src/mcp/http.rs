@@ -53,10 +53,9 @@ impl Endpoint {
             .with_allowed_hosts(settings.allowed_hosts.clone())
             .with_max_request_body_bytes(MAX_BODY)
             .with_cancellation_token(stop.clone());
-        config = if settings.allowed_origins.is_empty() {
-            config.enforce_origin_validation()
-        } else {
-            config.with_allowed_origins(settings.allowed_origins.clone())
+        config = match settings.allowed_origins.as_deref() {
+            None | Some([]) => config.enforce_origin_validation(),
+            Some(origins) => config.with_allowed_origins(origins.to_vec()),
         };
         let mut sessions = LocalSessionManager::default();
         sessions.session_config.keep_alive = Some(Duration::from_secs(settings.session_idle_s));

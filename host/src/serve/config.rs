@@ -91,10 +91,12 @@ pub struct McpSection {
     #[serde(default)]
     pub allowed_hosts: Vec<String>,
     /// Browser origins allowed to call the endpoints
-    /// (`https://app.example.com:443`); a request with any other `Origin`
-    /// is refused. Empty: every request that carries an `Origin`.
+    /// (`https://app.example.com:443`, `http://localhost:*`); a request with
+    /// any other `Origin` is refused (requests without one, from programs
+    /// rather than pages, pass). Unset: pages on this machine only
+    /// (`localhost`, `127.0.0.1`, `[::1]`, any port); `[]`: no page at all.
     #[serde(default)]
-    pub allowed_origins: Vec<String>,
+    pub allowed_origins: Option<Vec<String>>,
     /// MCP sessions (2025-11-25 clients) open at once on one pod.
     #[serde(default = "default_max_sessions")]
     pub max_sessions_per_pod: usize,
@@ -107,7 +109,7 @@ impl Default for McpSection {
     fn default() -> Self {
         McpSection {
             allowed_hosts: Vec::new(),
-            allowed_origins: Vec::new(),
+            allowed_origins: None,
             max_sessions_per_pod: default_max_sessions(),
             session_idle_s: default_session_idle_s(),
         }
@@ -162,10 +164,14 @@ impl ServeConfig {
         if file.mcp.max_sessions_per_pod == 0 || file.mcp.session_idle_s == 0 {
             bail!("[mcp]: max_sessions_per_pod and session_idle_s must be at least 1");
         }
-        if let Some(origin) = file.mcp.allowed_origins.iter().find(|o| *o != "null" && !o.contains("://")) {
+        if let Some(origin) = file.mcp.allowed_origins.iter().flatten().find(|o| *o != "null" && !o.contains("://")) {
             bail!("[mcp]: allowed_origins: {origin:?} needs a scheme, as in https://{origin}");
         }
         let mut mcp = file.mcp;
+        if mcp.allowed_origins.is_none() {
+            let loopback = ["http://localhost:*", "http://127.0.0.1:*", "http://[::1]:*"];
+            mcp.allowed_origins = Some(loopback.map(String::from).to_vec());
+        }
         if mcp.allowed_hosts.is_empty() {
             mcp.allowed_hosts = vec!["localhost".into(), "127.0.0.1".into(), "::1".into()];
             if !file.listen.ip().is_unspecified() {
