@@ -52,10 +52,13 @@ fn python_client(args: &[&str], env: &[(&str, &Path)]) -> String {
     stdout
 }
 
-/// The scripted model of every fixture pod: one Read, then an answer.
+/// The scripted model of every fixture pod: a first run reads and
+/// answers; a second one writes (a `pause_before` tool) and answers.
 const SCRIPT: &str = r#"{"turns": [
   {"text": "Let me read the file.\n", "tool_calls": [{"name": "Read", "arguments": {"file_path": "${cwd}/hello.txt"}}]},
-  {"text": "It says hello from the project."}
+  {"text": "It says hello from the project."},
+  {"tool_calls": [{"name": "Write", "arguments": {"file_path": "${cwd}/note.txt", "content": "note"}}]},
+  {"text": "The note is written."}
 ]}"#;
 
 /// The manifest of a fixture pod: `project` in scope (`permission`),
@@ -82,7 +85,7 @@ fn fixture(name: &str, permission: &str) -> (tempfile::TempDir, PathBuf) {
     (tmp, dir)
 }
 
-const ALL_CHECKS: &str = "list,call,refusal,errors,timeout,cancel,ask,approve";
+const ALL_CHECKS: &str = "list,call,refusal,errors,timeout,cancel,ask,approve,ask_approve";
 
 /// Every check over stdio, in `mode`: `yoi-host mcp` started by the client.
 fn stdio_session(mode: &str) {
@@ -110,7 +113,7 @@ fn stdio_session(mode: &str) {
         ],
         &[("YOI_HOME", &home), ("YOI_RUNTIME_DIR", &dir.join("run"))],
     );
-    assert!(out.contains("ok approve"), "{out}");
+    assert!(out.contains("ok ask_approve"), "{out}");
     // The pod's run went to its session log like any pod's.
     let sessions = std::fs::read_dir(home.join("sessions")).unwrap().count();
     assert_eq!(sessions, 1, "one session log");
@@ -225,27 +228,23 @@ async fn the_servers_endpoint_speaks_both_eras_with_the_tenants_token() {
     let tmp = tempfile::tempdir().unwrap();
     let server = Server::start(&write_config(tmp.path(), ""), true);
     let acme = Api::new(&server, &tenant_add(&server, "acme", &[]));
-    for (pod, mode) in [("legacy", "legacy"), ("stateless", "2026-07-28")] {
-        let workspace = tenant_pod(&server, &acme, pod, "read", true).await;
+    // One pod may write (and asks before Write), the other only reads.
+    let eras = [
+        ("legacy", "legacy", "write", "list,call,refusal,errors,timeout,cancel,ask,approve"),
+        ("stateless", "2026-07-28", "read", "list,call,refusal,errors,timeout,cancel,ask"),
+    ];
+    for (pod, mode, permission, checks) in eras {
+        let workspace = tenant_pod(&server, &acme, pod, permission, true).await;
         let url = format!("{}/v1/pods/{pod}/mcp", server.url);
         let token = acme.token.clone();
-        let checks = "list,call,refusal,errors,timeout,cancel,ask";
-        let args = [
-            "--mode",
-            mode,
-            "--checks",
-            checks,
-            "--read-only",
-            "--dir",
-            workspace.to_str().unwrap(),
-            "--timeout-s",
-            "3",
-            "--url",
-            &url,
-            "--token",
-            &token,
-        ]
-        .map(String::from);
+        let mut args = vec!["--mode", mode, "--checks", checks, "--timeout-s", "3", "--url", &url, "--token", &token]
+            .into_iter()
+            .map(String::from)
+            .collect::<Vec<_>>();
+        args.extend(["--dir".to_string(), workspace.display().to_string()]);
+        if permission == "read" {
+            args.push("--read-only".into());
+        }
         let out = tokio::task::spawn_blocking(move || {
             let args: Vec<&str> = args.iter().map(String::as_str).collect();
             python_client(&args, &[])
@@ -271,11 +270,12 @@ fn mcp_post(api: &Api, pod: &str, body: &Value) -> reqwest::RequestBuilder {
 
 /// Nothing of one tenant is reachable with another's token, or with a
 /// session id of another pod; requests from a browser page of another
-/// origin, or through a DNS-rebound host name, are refused.
+/// origin, or through a DNS-rebound host name, are refused; a pod's
+/// sessions are capped.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn another_tenant_host_or_origin_reaches_nothing() {
     let tmp = tempfile::tempdir().unwrap();
-    let server = Server::start(&write_config(tmp.path(), ""), true);
+    let server = Server::start(&write_config(tmp.path(), "[mcp]\nmax_sessions_per_pod = 3\n"), true);
     let acme = Api::new(&server, &tenant_add(&server, "acme", &[]));
     let globex = Api::new(&server, &tenant_add(&server, "globex", &[]));
     tenant_pod(&server, &acme, "a", "read", true).await;
@@ -330,6 +330,30 @@ async fn another_tenant_host_or_origin_reaches_nothing() {
     assert_eq!(origin.status(), StatusCode::FORBIDDEN);
     let host = mcp_post(&acme, "a", &initialize()).header("host", "evil.example").send().await.unwrap();
     assert!(host.status().is_client_error(), "a foreign Host: {}", host.status());
+    // Pages on this machine may call (with the token).
+    let local = mcp_post(&acme, "b", &initialize()).header("origin", "http://localhost:3000").send().await.unwrap();
+    assert_eq!(local.status(), StatusCode::OK);
+
+    // acme's pod `a` has one session; two more fit, a fourth does not
+    // until one is closed.
+    let mut sessions = Vec::new();
+    for _ in 0..2 {
+        let response = mcp_post(&acme, "a", &initialize()).send().await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        sessions.push(response.headers()["mcp-session-id"].to_str().unwrap().to_string());
+    }
+    let refused = mcp_post(&acme, "a", &initialize()).send().await.unwrap();
+    assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(refused.text().await.unwrap().contains("3 MCP sessions"));
+    let closed = acme
+        .request(reqwest::Method::DELETE, "/v1/pods/a/mcp")
+        .header("mcp-session-id", &sessions[0])
+        .header("mcp-protocol-version", "2025-11-25")
+        .send()
+        .await
+        .unwrap();
+    assert!(closed.status().is_success(), "{}", closed.status());
+    assert_eq!(mcp_post(&acme, "a", &initialize()).send().await.unwrap().status(), StatusCode::OK);
     server.stop();
 }
 

@@ -150,6 +150,19 @@ async def check_approve(client, args, elicitation):
     expect(len(elicitation.asked) == 2 and "Write" in elicitation.asked[0], f"the user was asked: {elicitation.asked}")
 
 
+async def check_ask_approve(client, args, elicitation):
+    # The pod's own agent wants a pause_before tool: the run pauses, the
+    # client's user is asked, and the run resumes with the answer.
+    elicitation.answer = "accept"
+    asked = len(elicitation.asked)
+    result = await client.call_tool("ask_pod", {"prompt": "Write the note."})
+    expect(not result.is_error, f"the approved run finishes: {text_of(result)}")
+    expect(text_of(result) == "The note is written.", f"the final answer: {text_of(result)}")
+    expect(open(os.path.join(args.dir, "project", "note.txt")).read() == "note", "the approved Write ran")
+    expect(len(elicitation.asked) == asked + 1, f"the user was asked once: {elicitation.asked}")
+    expect("Write" in elicitation.asked[-1], f"about the Write: {elicitation.asked[-1]}")
+
+
 async def check_no_elicitation(client, args):
     target = os.path.join(args.dir, "project", f"unasked-{args.mode}.txt")
     result = await client.call_tool("Write", {"file_path": target, "content": "no"})
@@ -186,7 +199,7 @@ async def main():
         print(f"ok protocol {client.protocol_version}", flush=True)
         for name in args.checks.split(","):
             check = globals()[f"check_{name}"]
-            if name == "approve":
+            if name in ("approve", "ask_approve"):
                 await check(client, args, elicitation)
             else:
                 await check(client, args)

@@ -34,7 +34,7 @@ pub struct McpArgs {
 pub async fn mcp(args: McpArgs) -> anyhow::Result<ExitCode> {
     let pod = super::pods::start_pod(&args.manifest, &args.plugins, args.resume.as_deref(), Exposure::HostOnly).await?;
     let service = PodServer::new(pod.downgrade())
-        .serve(rmcp::transport::stdio())
+        .serve(rmcp::transport::stdio_pipes())
         .await
         .context("the MCP client did not start a session on stdio")?;
     let mut terminate = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;

@@ -156,7 +156,14 @@ pub fn main() -> ExitCode {
     if let Err(e) = crate::os::raise_open_file_limit() {
         tracing::warn!("cannot raise the open-file limit: {e}");
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    // An MCP server on stdio answers one client: one thread spares each
+    // message a hop between worker threads (tool calls run on their own
+    // threads either way).
+    let mut builder = match cli.command {
+        Command::Mcp(_) => tokio::runtime::Builder::new_current_thread(),
+        _ => tokio::runtime::Builder::new_multi_thread(),
+    };
+    let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => return setup_error(&anyhow::anyhow!("cannot start the async runtime: {e}")),
     };

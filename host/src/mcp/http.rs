@@ -43,6 +43,7 @@ pub struct Endpoints {
 struct Endpoint {
     pod: PodId,
     service: StreamableHttpService<PodServer, CappedSessions>,
+    sessions: Arc<CappedSessions>,
     stop: CancellationToken,
 }
 
@@ -62,23 +63,19 @@ impl Endpoint {
         let sessions = Arc::new(CappedSessions { inner: sessions, max: settings.max_sessions_per_pod });
         // The tool list is made once; every session and request gets a copy.
         let server = PodServer::new(pod.downgrade());
-        let service = StreamableHttpService::new(move || Ok(server.clone()), sessions, config);
-        Endpoint { pod: pod.id.clone(), service, stop }
+        let service = StreamableHttpService::new(move || Ok(server.clone()), sessions.clone(), config);
+        Endpoint { pod: pod.id.clone(), service, sessions, stop }
     }
 }
 
 impl Endpoints {
     /// Serves one HTTP request to `pod`'s endpoint.
-    pub async fn handle<B>(
+    pub async fn handle(
         &self,
         settings: &McpSection,
         pod: &PodHandle,
-        request: http::Request<B>,
-    ) -> http::Response<BoxBody<Bytes, Infallible>>
-    where
-        B: http_body::Body + Send + 'static,
-        B::Error: std::fmt::Display,
-    {
+        request: http::Request<axum::body::Body>,
+    ) -> http::Response<BoxBody<Bytes, Infallible>> {
         let endpoint = {
             let mut by_pod = self.by_pod.lock();
             match by_pod.get(&pod.name) {
@@ -94,6 +91,22 @@ impl Endpoints {
                 }
             }
         };
+        // A new session past the cap is refused here, with a status that
+        // says so; the session manager's own cap is the backstop.
+        let (parts, body) = request.into_parts();
+        let body = match axum::body::to_bytes(body, MAX_BODY).await {
+            Ok(body) => body,
+            Err(_) => return plain(http::StatusCode::PAYLOAD_TOO_LARGE, "the MCP message is over 1 MiB".into()),
+        };
+        if parts.method == http::Method::POST
+            && !parts.headers.contains_key("mcp-session-id")
+            && is_initialize(&body)
+            && endpoint.sessions.full().await
+        {
+            let message = SessionsError::Full(endpoint.sessions.max).to_string();
+            return plain(http::StatusCode::TOO_MANY_REQUESTS, message);
+        }
+        let request = http::Request::from_parts(parts, http_body_util::Full::new(body));
         endpoint.service.handle(request).await
     }
 
@@ -112,10 +125,33 @@ impl Endpoints {
     }
 }
 
+/// Whether `body` is an `initialize` request (which opens a session).
+fn is_initialize(body: &[u8]) -> bool {
+    #[derive(serde::Deserialize)]
+    struct Message<'a> {
+        #[serde(borrow)]
+        method: Option<&'a str>,
+    }
+    serde_json::from_slice::<Message>(body).is_ok_and(|m| m.method == Some("initialize"))
+}
+
+fn plain(status: http::StatusCode, message: String) -> http::Response<BoxBody<Bytes, Infallible>> {
+    let body = http_body_util::Full::new(Bytes::from(message));
+    let mut response = http::Response::new(http_body_util::BodyExt::boxed(body));
+    *response.status_mut() = status;
+    response
+}
+
 /// The SDK's in-memory sessions, at most `max` at once.
 struct CappedSessions {
     inner: LocalSessionManager,
     max: usize,
+}
+
+impl CappedSessions {
+    async fn full(&self) -> bool {
+        self.inner.sessions.read().await.len() >= self.max
+    }
 }
 
 /// Why a session could not be served.
@@ -132,7 +168,7 @@ impl SessionManager for CappedSessions {
     type Transport = <LocalSessionManager as SessionManager>::Transport;
 
     async fn create_session(&self) -> Result<(SessionId, Self::Transport), Self::Error> {
-        if self.inner.sessions.read().await.len() >= self.max {
+        if self.full().await {
             return Err(SessionsError::Full(self.max));
         }
         Ok(self.inner.create_session().await?)
