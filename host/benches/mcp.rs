@@ -1,8 +1,11 @@
 //! MCP benchmark: a `tools/call` round trip over stdio (a Read of a 2 KB
-//! file), timed by the official Python SDK's client against `yoi-host mcp`
-//! in both protocol eras, beside the same call through `PluginSet::call`
-//! in this process (the sandbox's own cost) and the client's `ping` (the
-//! client and transport alone). Prints p50 and p99 of each.
+//! file) against `yoi-host mcp`, timed by the official Python SDK's client
+//! in both protocol eras. Beside it, measured in the same run: the same
+//! call through `PluginSet::call` in this process (the sandbox's own cost),
+//! the same exchange with no SDK (`raw`: JSON lines written and read by
+//! hand, the server's own round trip), and the SDK's client against a
+//! server that answers at once with the same result (`canned`: the
+//! client's own cost). Prints p50 and p99 of each.
 //!
 //! Run: `cargo bench -p yoi-host --bench mcp` (installs the MCP clients
 //! with `scripts/mcp-clients` first). `YOI_MCP_CALLS` sets the number of
@@ -31,8 +34,9 @@ fn row(what: &str, p50_us: f64, p99_us: f64, baseline_p50_us: f64) {
     println!("| {what} | {p50_us:.0} µs | {p99_us:.0} µs | {:.2}x |", p50_us / baseline_p50_us);
 }
 
-/// The same Read, `calls` times, through the plugin set directly.
-fn direct(manifest: &Path, home: &Path, input: &str, calls: usize) -> (f64, f64) {
+/// The same Read, `calls` times, through the plugin set directly; and its
+/// result as an MCP `tools/call` result.
+fn direct(manifest: &Path, home: &Path, input: &str, calls: usize) -> (f64, f64, Value) {
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     runtime.block_on(async {
         let loaded = LoadedManifest::load(manifest).unwrap();
@@ -44,6 +48,7 @@ fn direct(manifest: &Path, home: &Path, input: &str, calls: usize) -> (f64, f64)
         for _ in 0..calls / 10 {
             plugins.call(&pod, "Read", input).await.unwrap();
         }
+        let reply = serde_json::to_value(yoi_host::mcp::tool_result(plugins.call(&pod, "Read", input).await)).unwrap();
         let mut samples = Vec::with_capacity(calls);
         for _ in 0..calls {
             let start = Instant::now();
@@ -51,7 +56,7 @@ fn direct(manifest: &Path, home: &Path, input: &str, calls: usize) -> (f64, f64)
             samples.push(start.elapsed());
         }
         let us = |d: Duration| d.as_secs_f64() * 1e6;
-        (us(percentile(&mut samples, 0.5)), us(percentile(&mut samples, 0.99)))
+        (us(percentile(&mut samples, 0.5)), us(percentile(&mut samples, 0.99)), reply)
     })
 }
 
@@ -77,31 +82,49 @@ fn main() {
     let input = serde_json::json!({"file_path": dir.join("project/file.txt")}).to_string();
 
     println!("MCP tools/call over stdio: a Read of a 2 KB file, {calls} calls each, one at a time\n");
-    let (direct_p50, direct_p99) = direct(&manifest, &home, &input, calls);
-    println!("| path | p50 | p99 | p50 vs PluginSet::call |");
-    println!("|---|---|---|---|");
-    row("PluginSet::call in-process (the sandbox's own cost)", direct_p50, direct_p99, direct_p50);
-    for mode in ["legacy", "2026-07-28"] {
+    let (direct_p50, direct_p99, reply) = direct(&manifest, &home, &input, calls);
+    let reply_file = dir.join("reply.json");
+    std::fs::write(&reply_file, reply.to_string()).unwrap();
+    let bench = builds::repo().join("tests/mcp/bench.py");
+    let yoi_host =
+        [env!("CARGO_BIN_EXE_yoi-host").as_ref(), "mcp".as_ref(), "--manifest".as_ref(), manifest.as_os_str()];
+    let canned = [python.as_os_str(), bench.as_os_str(), "--canned-server".as_ref(), reply_file.as_os_str()];
+    let run = |client: &str, mode: &str, server: &[&std::ffi::OsStr]| -> Value {
         let out = Command::new(&python)
-            .arg(builds::repo().join("tests/mcp/bench.py"))
-            .args(["--mode", mode, "--calls", &calls.to_string(), "--tool", "Read", "--arguments", &input])
-            .arg("--stdio")
-            .arg(env!("CARGO_BIN_EXE_yoi-host"))
-            .args(["mcp", "--manifest"])
-            .arg(&manifest)
+            .arg(&bench)
+            .args(["--client", client, "--mode", mode, "--calls", &calls.to_string()])
+            .args(["--tool", "Read", "--arguments", &input, "--stdio"])
+            .args(server)
             .env("YOI_HOME", &home)
             .env("YOI_RUNTIME_DIR", dir.join("run"))
             .output()
             .unwrap();
         assert!(out.status.success(), "the client failed: {}", String::from_utf8_lossy(&out.stderr));
-        let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let figures = |report: &Value, what: &str| {
+        (report[what]["p50_us"].as_f64().unwrap(), report[what]["p99_us"].as_f64().unwrap())
+    };
+
+    println!("| path | p50 | p99 | p50 vs PluginSet::call |");
+    println!("|---|---|---|---|");
+    row("PluginSet::call in-process (the sandbox's own cost)", direct_p50, direct_p99, direct_p50);
+    let raw = run("raw", "legacy", &yoi_host);
+    let (p50, p99) = figures(&raw, "call");
+    row("no SDK (JSON lines) → yoi-host mcp: tools/call", p50, p99, direct_p50);
+    let (p50, p99) = figures(&raw, "ping");
+    row("no SDK (JSON lines) → yoi-host mcp: ping", p50, p99, direct_p50);
+    let floor = run("sdk", "legacy", &canned);
+    let (p50, p99) = figures(&floor, "call");
+    row("Python SDK → canned server (the client's own cost): tools/call", p50, p99, direct_p50);
+    for mode in ["legacy", "2026-07-28"] {
+        let report = run("sdk", mode, &yoi_host);
         let era = if mode == "legacy" { "2025-11-25" } else { mode };
-        let call = &report["call"];
-        let (p50, p99) = (call["p50_us"].as_f64().unwrap(), call["p99_us"].as_f64().unwrap());
-        row(&format!("Python client → yoi-host mcp, {era}"), p50, p99, direct_p50);
-        if let Some(ping) = report.get("ping") {
-            let (p50, p99) = (ping["p50_us"].as_f64().unwrap(), ping["p99_us"].as_f64().unwrap());
-            row(&format!("Python client ping → yoi-host mcp, {era} (no tool)"), p50, p99, direct_p50);
+        let (p50, p99) = figures(&report, "call");
+        row(&format!("**Python SDK → yoi-host mcp, {era}: tools/call**"), p50, p99, direct_p50);
+        if report.get("ping").is_some() {
+            let (p50, p99) = figures(&report, "ping");
+            row(&format!("Python SDK → yoi-host mcp, {era}: ping"), p50, p99, direct_p50);
         }
     }
     println!("\naim: Python client → yoi-host mcp p50 ≤ 440 µs");
