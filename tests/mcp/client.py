@@ -211,6 +211,8 @@ async def main():
 if __name__ == "__main__":
     try:
         asyncio.run(main())
-    except Exception as e:  # the Rust test shows this
+    except BaseException as e:  # the Rust test shows this
+        import traceback
         print(f"FAILED: {type(e).__name__}: {e}", flush=True)
+        traceback.print_exception(e)
         sys.exit(1)

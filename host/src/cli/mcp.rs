@@ -32,7 +32,8 @@ pub struct McpArgs {
 
 /// Serves the pod on stdio until the client goes away or a signal comes.
 pub async fn mcp(args: McpArgs) -> anyhow::Result<ExitCode> {
-    let pod = super::pods::start_pod(&args.manifest, &args.plugins, args.resume.as_deref(), Exposure::HostOnly).await?;
+    let resume = args.resume.as_deref();
+    let pod = super::pods::start_pod(&args.manifest, &args.plugins, resume, Exposure::HostOnly, false).await?;
     let service = PodServer::new(pod.downgrade())
         .serve(rmcp::transport::stdio_pipes())
         .await

@@ -55,14 +55,19 @@ fn home_and_runtime() -> anyhow::Result<(Home, PathBuf)> {
 
 /// Starts an operator's pod from its manifest: its plugins (builtin and
 /// `plugins`), its model, its session (continued from `resume`), its scope
-/// claim. Shared by `run` and `mcp`.
+/// claim. Shared by `run` and `mcp`. With `needs_model`, a manifest without
+/// a `[provider]` is refused before anything starts.
 pub(crate) async fn start_pod(
     manifest: &std::path::Path,
     plugins: &PluginDirs,
     resume: Option<&str>,
     exposure: Exposure,
+    needs_model: bool,
 ) -> anyhow::Result<PodHandle> {
     let loaded = LoadedManifest::load(manifest)?;
+    if needs_model && loaded.manifest.provider.is_none() {
+        bail!("{}: a prompt needs a [provider] section", manifest.display());
+    }
     let name = loaded.manifest.pod.name.clone();
     let (home, runtime_root) = home_and_runtime()?;
     let plugins = Arc::new(super::plugin_host(plugins).await?);
@@ -103,13 +108,10 @@ pub(crate) async fn start_pod(
 /// Ctrl-C cancels a running run; a second Ctrl-C (or one while idle) shuts
 /// the pod down.
 pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
-    let handle = start_pod(&args.manifest, &args.plugins, args.resume.as_deref(), Exposure::Socket).await?;
+    let needs_model = args.prompt.is_some();
+    let handle =
+        start_pod(&args.manifest, &args.plugins, args.resume.as_deref(), Exposure::Socket, needs_model).await?;
     let name = handle.name.clone();
-    if args.prompt.is_some() && !handle.has_model {
-        ask(&handle, Method::Shutdown { detach_children: false }, &mut Renderer::new(args.json)).await?;
-        handle.wait().await;
-        bail!("{}: a prompt needs a [provider] section", args.manifest.display());
-    }
     let mut events = handle.subscribe();
     if let Some(socket) = &handle.socket {
         eprintln!("yoi-host: pod {name} listening on {}", socket.display());

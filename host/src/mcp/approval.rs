@@ -3,10 +3,16 @@
 //! elicitation. In the 2025-11-25 era that is a request to the client in
 //! the middle of the call; in the stateless 2026-07-28 era the call answers
 //! `input_required` and the client calls again with the user's answer and
-//! the echoed `requestState`, which binds the answer to the tool and its
-//! arguments. A client that cannot elicit gets a refusal naming the reason.
-//! The answer decides this one call; it grants nothing beyond it.
+//! the echoed `requestState`: a random name of the question the server
+//! keeps ([`Asked`]), good once, for a while, and only for the call it was
+//! asked about (the tool and its exact arguments). A client that cannot
+//! elicit gets a refusal naming the reason. The answer decides this one
+//! call; it grants nothing beyond it.
 
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
 use rmcp::RoleServer;
 use rmcp::model::{
     CallToolRequestParams, ElicitRequest, ElicitRequestParams, ElicitResult, ElicitationAction, InputRequest,
@@ -36,12 +42,53 @@ pub fn stateless(context: &RequestContext<RoleServer>) -> bool {
     context.protocol_version().is_some_and(|v| !v.has_initialize())
 }
 
-/// What the user is asked, and what binds their answer to it.
+/// Questions asked of stateless clients and not answered yet, by the
+/// `requestState` they were sent with.
+#[derive(Default)]
+pub struct Asked {
+    open: Mutex<HashMap<String, (String, Instant)>>,
+}
+
+/// How long an answer may take.
+const ANSWER_WITHIN: Duration = Duration::from_secs(15 * 60);
+
+/// Questions open at once; past this the oldest is forgotten.
+const MAX_OPEN: usize = 256;
+
+impl Asked {
+    /// Opens a question about `subject`; returns its name.
+    fn open(&self, subject: &str) -> String {
+        let mut name = [0u8; 16];
+        getrandom::fill(&mut name).expect("the system's random source works");
+        let name = hex::encode(name);
+        let mut open = self.open.lock();
+        open.retain(|_, (_, asked)| asked.elapsed() < ANSWER_WITHIN);
+        if open.len() >= MAX_OPEN
+            && let Some(oldest) = open.iter().min_by_key(|(_, (_, asked))| *asked).map(|(k, _)| k.clone())
+        {
+            open.remove(&oldest);
+        }
+        open.insert(name.clone(), (subject.to_string(), Instant::now()));
+        name
+    }
+
+    /// Closes question `name`: whether it was open, about `subject`, and
+    /// asked recently enough.
+    fn close(&self, name: &str, subject: &str) -> bool {
+        self.open
+            .lock()
+            .remove(name)
+            .is_some_and(|(asked_about, asked)| asked_about == subject && asked.elapsed() < ANSWER_WITHIN)
+    }
+}
+
+/// What the user is asked, and what the answer is about.
 pub struct Question {
     /// The question, for a person.
     pub message: String,
-    /// The `requestState` of the stateless era: a retry counts only with it.
-    pub state: String,
+    /// What exactly is approved (a digest of the tool and its arguments, or
+    /// of the calls a paused run waits on).
+    pub subject: String,
 }
 
 impl Question {
@@ -52,7 +99,7 @@ impl Question {
                 "The pod's manifest asks for your approval before `{tool}` runs. Arguments: {}",
                 shorten(&input.to_string())
             ),
-            state: format!("approve:{}", digest(&[tool, &input.to_string()])),
+            subject: digest(&[tool, &input.to_string()]),
         }
     }
 
@@ -101,28 +148,32 @@ const CANNOT_ASK: &str = "the pod's manifest requires a person's approval (pause
                           does not support elicitation to ask for it";
 
 /// Asks the client's user `question`. In the stateless era, a retry that
-/// echoes the question's state carries the answer.
+/// echoes the name of an open question about the same subject carries the
+/// answer; any other retry is asked again.
 pub async fn ask(
     context: &RequestContext<RoleServer>,
     params: &CallToolRequestParams,
     question: &Question,
+    asked: &Asked,
 ) -> Approval {
     if stateless(context) {
-        if params.request_state.as_deref() == Some(question.state.as_str())
+        if let Some(name) = params.request_state.as_deref()
             && let Some(answer) = params.input_responses.as_ref().and_then(|r| r.get(KEY))
+            && asked.close(name, &question.subject)
         {
             return match serde_json::from_value::<ElicitResult>(answer.clone()) {
                 Ok(result) => decided(&result),
                 Err(e) => Approval::Refused(format!("the approval answer is malformed: {e}")),
             };
         }
-        let can_elicit = context.client_capabilities().is_some_and(|c| c.elicitation.is_some());
-        if !can_elicit {
+        let form =
+            |c: rmcp::model::ClientCapabilities| c.elicitation.is_some_and(|e| e.form.is_some() || e.url.is_none());
+        if !context.client_capabilities().is_some_and(form) {
             return Approval::Refused(CANNOT_ASK.into());
         }
         let mut requests = InputRequests::new();
         requests.insert(KEY.into(), InputRequest::Elicitation(ElicitRequest::new(question.form())));
-        return Approval::Ask(InputRequiredResult::new(Some(requests), Some(question.state.clone())));
+        return Approval::Ask(InputRequiredResult::new(Some(requests), Some(asked.open(&question.subject))));
     }
     if !context.peer.supported_elicitation_modes().contains(&ElicitationMode::Form) {
         return Approval::Refused(CANNOT_ASK.into());

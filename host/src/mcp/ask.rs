@@ -4,123 +4,225 @@
 //! streams, each tool call and its outcome) when it sent a progress token;
 //! a cancel from the client cancels the run. When the run pauses before a
 //! `pause_before` tool, the client's user is asked (see `approval`), and the
-//! run resumes or is cancelled by the answer.
+//! run resumes or is cancelled by the answer. A pod left paused (a
+//! stateless client that never answered) is asked about again by the next
+//! `ask_pod`.
+//!
+//! A run is followed from its own `run_start` on: the controller announces
+//! it before it accepts the request, so what came before in the stream
+//! (another client's run ending) is skipped. If the stream ever runs ahead
+//! of this reader, the outcome and answer are read from the session log.
 
-use rmcp::model::{CallToolRequestParams, CallToolResponse, ProgressNotificationParam, ProgressToken};
-use rmcp::service::{Peer, RequestContext};
+use std::collections::VecDeque;
+
+use rmcp::model::{CallToolRequestParams, CallToolResponse, CallToolResult, ProgressNotificationParam};
+use rmcp::service::RequestContext;
 use rmcp::{ErrorData, RoleServer};
 use serde_json::Value;
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, mpsc};
 
-use super::approval::{self, Approval, Question};
+use super::approval::{self, Approval, Asked, Question};
 use super::{error_result, tool_result_text};
 use crate::agent::{Event, Outcome};
-use crate::history::pending_calls;
+use crate::history::{Item, pending_calls};
+use crate::lifecycle::Lifecycle;
 use crate::pod::{Answer, PodHandle, Stamped};
 use crate::protocol::{ErrorCode, Method, PodEvent, WireEvent};
 
 /// Text is sent as progress in pieces of about this many bytes.
 const TEXT_PIECE: usize = 200;
 
+/// Progress notes that may wait for a slow client; more are dropped.
+const PROGRESS_BACKLOG: usize = 64;
+
 /// Runs `params`' prompt in `pod` and answers with the final text.
 pub async fn ask_pod(
     pod: &PodHandle,
     params: CallToolRequestParams,
     context: RequestContext<RoleServer>,
+    asked: &Asked,
 ) -> Result<CallToolResponse, ErrorData> {
-    let mut events = pod.subscribe();
-    if params.request_state.is_some() {
-        // A stateless client answering the question about a paused run.
-        if let Some(done) = decide_pause(pod, &params, &context).await? {
-            return Ok(done);
+    let run = if pod.lifecycle() == Lifecycle::Paused {
+        // A run waits for approval (this client's earlier question, or one
+        // nobody answered): that question comes first.
+        match decide_pause(pod, &params, &context, asked).await {
+            Ok(run) => run,
+            Err(done) => return Ok(done),
         }
+    } else if params.request_state.is_some() {
+        // An answer about a pause that is over (resumed or cancelled by
+        // someone else): the prompt is not run again.
+        return Ok(error_result("failed: that run is no longer waiting for approval".into()).into());
     } else {
         let Some(prompt) = params.arguments.as_ref().and_then(|a| a.get("prompt")).and_then(Value::as_str) else {
             return Ok(error_result("invalid_input: `prompt` (a string) is required".into()).into());
         };
-        if let Some(refused) = request(pod, Method::Run { input: prompt.to_string() }).await {
-            return Ok(refused.into());
+        match Run::start(pod, Method::Run { input: prompt.to_string() }).await {
+            Ok(run) => run,
+            Err(refused) => return Ok(refused.into()),
         }
-    }
+    };
     let mut progress = Progress::new(&context);
-    let mut answer = String::new();
-    let mut failure = None;
+    let response = follow_to_the_end(pod, run, &params, &context, asked, &mut progress).await;
+    // Progress goes before the answer: a client drops notes of a call it
+    // has the answer to.
+    progress.finish().await;
+    response
+}
+
+/// Follows `run`, through approvals of its pauses, to the answer.
+async fn follow_to_the_end(
+    pod: &PodHandle,
+    mut run: Run,
+    params: &CallToolRequestParams,
+    context: &RequestContext<RoleServer>,
+    asked: &Asked,
+    progress: &mut Progress,
+) -> Result<CallToolResponse, ErrorData> {
     loop {
-        let event = tokio::select! {
-            event = events.recv() => event,
+        let ended = tokio::select! {
+            ended = run.follow(pod, progress) => ended,
             _ = context.ct.cancelled() => {
                 let _ = pod.request(Method::Cancel {}).await;
                 return Err(ErrorData::internal_error("the run was cancelled by the client", None));
             }
         };
-        let event = match event {
-            Ok(Stamped { event, .. }) => event,
-            Err(broadcast::error::RecvError::Lagged(_)) => continue,
-            Err(broadcast::error::RecvError::Closed) => {
-                return Ok(error_result("failed: the pod stopped during the run".into()).into());
-            }
+        let (outcome, answer, failure) = match ended {
+            Ok(ended) => ended,
+            Err(why) => return Ok(error_result(format!("failed: {why}")).into()),
         };
-        match event {
-            WireEvent::Agent(Event::TextDelta { text }) => progress.text(&text).await,
-            WireEvent::Agent(Event::TextDone { text }) => {
-                progress.flush().await;
-                answer = text;
+        return Ok(match outcome {
+            Outcome::Finished => tool_result_text(answer).into(),
+            Outcome::Paused => match decide_pause(pod, params, context, asked).await {
+                Ok(resumed) => {
+                    run = resumed;
+                    continue;
+                }
+                Err(done) => done,
+            },
+            Outcome::LimitReached => error_result(format!(
+                "limit_reached: the run made its max_turns model requests without finishing; its last text: {answer}"
+            ))
+            .into(),
+            Outcome::Cancelled => error_result("cancelled: the run was cancelled".into()).into(),
+            Outcome::Failed | Outcome::Interrupted => {
+                error_result(format!("failed: {}", failure.unwrap_or_else(|| "the run failed".into()))).into()
             }
-            WireEvent::Agent(Event::ToolCallDone { name, arguments, .. }) => {
-                let arguments = approval::shorten(&Value::Object(arguments).to_string());
-                progress.say(format!("calling {name} {arguments}")).await;
+        });
+    }
+}
+
+/// One run of the pod, followed from its start.
+struct Run {
+    events: broadcast::Receiver<Stamped>,
+    /// Events of this run already taken off the stream.
+    backlog: VecDeque<WireEvent>,
+}
+
+/// How a run ended: its outcome, its last text, and its error if it failed.
+type Ended = (Outcome, String, Option<String>);
+
+impl Run {
+    /// Sends `method` (a run or a resume); on acceptance, the run it
+    /// started. A refusal is the result to answer with.
+    async fn start(pod: &PodHandle, method: Method) -> Result<Run, CallToolResult> {
+        let mut events = pod.subscribe();
+        match pod.request(method).await {
+            Ok(Answer::Refused { code, message }) => return Err(refusal(code, &message)),
+            Ok(_) => {}
+            Err(e) => return Err(error_result(format!("failed: {e}"))),
+        }
+        // The run's start was announced before the request was accepted:
+        // it is the last `run_start` waiting here, and the pod starts no
+        // other run until this one ends.
+        let mut backlog = VecDeque::new();
+        loop {
+            match events.try_recv() {
+                Ok(Stamped { event: WireEvent::Pod(PodEvent::RunStart { .. }), .. }) => backlog.clear(),
+                Ok(Stamped { event, .. }) => backlog.push_back(event),
+                Err(broadcast::error::TryRecvError::Lagged(_)) => backlog.clear(),
+                Err(_) => break,
             }
-            WireEvent::Agent(Event::ToolResult { name, is_error, summary, .. }) => {
-                let how = if is_error { "failed" } else { "done" };
-                progress.say(format!("{name} {how}: {summary}")).await;
+        }
+        Ok(Run { events, backlog })
+    }
+
+    /// Follows the run to its end, sending progress on the way.
+    async fn follow(&mut self, pod: &PodHandle, progress: &mut Progress) -> Result<Ended, String> {
+        let mut answer = String::new();
+        let mut failure = None;
+        loop {
+            let event = match self.backlog.pop_front() {
+                Some(event) => event,
+                None => match self.events.recv().await {
+                    Ok(Stamped { event, .. }) => event,
+                    Err(broadcast::error::RecvError::Lagged(_)) => return from_log(pod).await,
+                    Err(broadcast::error::RecvError::Closed) => return Err("the pod stopped during the run".into()),
+                },
+            };
+            match event {
+                WireEvent::Agent(Event::TextDelta { text }) => progress.text(&text),
+                WireEvent::Agent(Event::TextDone { text }) => {
+                    progress.flush();
+                    answer = text;
+                }
+                WireEvent::Agent(Event::ToolCallDone { name, arguments, .. }) => {
+                    let arguments = approval::shorten(&Value::Object(arguments).to_string());
+                    progress.say(format!("calling {name} {arguments}"));
+                }
+                WireEvent::Agent(Event::ToolResult { name, is_error, summary, .. }) => {
+                    let how = if is_error { "failed" } else { "done" };
+                    progress.say(format!("{name} {how}: {summary}"));
+                }
+                WireEvent::Pod(PodEvent::Error { message, .. }) => failure = Some(message),
+                WireEvent::Pod(PodEvent::Shutdown) => return Err("the pod shut down during the run".into()),
+                WireEvent::Pod(PodEvent::RunEnd { outcome }) => {
+                    progress.flush();
+                    return Ok((outcome, answer, failure));
+                }
+                _ => {}
             }
-            WireEvent::Pod(PodEvent::Error { message, .. }) => failure = Some(message),
-            WireEvent::Pod(PodEvent::Shutdown) => {
-                return Ok(error_result("failed: the pod shut down during the run".into()).into());
-            }
-            WireEvent::Pod(PodEvent::RunEnd { outcome }) => {
-                progress.flush().await;
-                return match outcome {
-                    Outcome::Finished => Ok(tool_result_text(answer).into()),
-                    Outcome::Paused => match ask_about_pause(pod, &params, &context).await? {
-                        Some(done) => Ok(done),
-                        None => continue,
-                    },
-                    Outcome::LimitReached => Ok(error_result(format!(
-                        "limit_reached: the run made its max_turns model requests without finishing; its last \
-                         text: {answer}"
-                    ))
-                    .into()),
-                    Outcome::Cancelled => Ok(error_result("cancelled: the run was cancelled".into()).into()),
-                    Outcome::Failed | Outcome::Interrupted => {
-                        let why = failure.take().unwrap_or_else(|| "the run failed".into());
-                        Ok(error_result(format!("failed: {why}")).into())
-                    }
-                };
-            }
-            _ => {}
         }
     }
 }
 
-/// Sends `method`; a refusal is the result to answer with.
-async fn request(pod: &PodHandle, method: Method) -> Option<rmcp::model::CallToolResult> {
-    match pod.request(method).await {
-        Ok(Answer::Refused { code, message }) => Some(error_result(format!("{}: {message}", code_name(code)))),
-        Ok(_) => None,
-        Err(e) => Some(error_result(format!("failed: {e}"))),
+/// The run's end as the session log has it, once the run is over: for a
+/// reader the stream ran ahead of.
+async fn from_log(pod: &PodHandle) -> Result<Ended, String> {
+    let mut lifecycle = pod.watch_lifecycle();
+    let _ = lifecycle.wait_for(|state| *state != Lifecycle::Running).await;
+    let view = pod.clone();
+    let events = tokio::task::spawn_blocking(move || view.events_in_log_after(None))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| format!("the run's events were missed and its log cannot be read: {e}"))?;
+    let mut outcome = None;
+    let mut answer = None;
+    for stamped in events.into_iter().rev() {
+        match stamped.event {
+            WireEvent::Pod(PodEvent::RunEnd { outcome: o }) if outcome.is_none() => outcome = Some(o),
+            WireEvent::Agent(Event::ItemAppended { item: Item::Assistant { text, .. } }) if answer.is_none() => {
+                answer = Some(text)
+            }
+            _ => {}
+        }
+        if outcome.is_some() && answer.is_some() {
+            break;
+        }
     }
+    Ok((outcome.unwrap_or(Outcome::Failed), answer.unwrap_or_default(), None))
 }
 
-fn code_name(code: ErrorCode) -> String {
-    serde_json::to_value(code).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default()
+fn refusal(code: ErrorCode, message: &str) -> CallToolResult {
+    let code = serde_json::to_value(code).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default();
+    error_result(format!("{code}: {message}"))
 }
 
 /// The question about the paused run of `pod`: the calls it waits on.
-async fn pause_question(pod: &PodHandle) -> Result<Question, ErrorData> {
+async fn pause_question(pod: &PodHandle) -> Result<Question, CallToolResult> {
     let items = match pod.request(Method::GetHistory {}).await {
         Ok(Answer::History { items, .. }) => items,
-        _ => return Err(ErrorData::internal_error("the pod's history is not available", None)),
+        _ => return Err(error_result("failed: the pod's history is not available".into())),
     };
     let pending = pending_calls(&items);
     let calls: Vec<String> =
@@ -128,86 +230,97 @@ async fn pause_question(pod: &PodHandle) -> Result<Question, ErrorData> {
     let ids: Vec<&str> = pending.iter().map(|(id, _, _)| id.as_str()).collect();
     Ok(Question {
         message: format!("Pod `{}` asks for your approval to run: {}", pod.name, approval::shorten(&calls.join("; "))),
-        state: format!("resume:{}", approval::digest(&ids)),
+        subject: approval::digest(&ids),
     })
 }
 
-/// The run paused: asks the user, then resumes or cancels it. `None` when
-/// the run goes on.
-async fn ask_about_pause(
-    pod: &PodHandle,
-    params: &CallToolRequestParams,
-    context: &RequestContext<RoleServer>,
-) -> Result<Option<CallToolResponse>, ErrorData> {
-    let question = pause_question(pod).await?;
-    // A first ask carries no answer: `params` are of the original call.
-    let mut fresh = params.clone();
-    fresh.request_state = None;
-    fresh.input_responses = None;
-    let approval = approval::ask(context, &fresh, &question).await;
-    settle(pod, approval).await
-}
-
-/// A stateless client's retry with the user's answer about a paused run.
+/// The pod's run is paused before `pause_before` calls: asks the user
+/// (or, in the stateless era, reads the answer a retry carries), then
+/// resumes the run (returned to follow) or cancels it. `Err` is the result
+/// to answer with.
 async fn decide_pause(
     pod: &PodHandle,
     params: &CallToolRequestParams,
     context: &RequestContext<RoleServer>,
-) -> Result<Option<CallToolResponse>, ErrorData> {
-    let question = pause_question(pod).await?;
-    if params.request_state.as_deref() != Some(question.state.as_str()) {
-        return Ok(Some(error_result("failed: that run is no longer waiting for approval".into()).into()));
-    }
-    let approval = approval::ask(context, params, &question).await;
-    settle(pod, approval).await
-}
-
-async fn settle(pod: &PodHandle, approval: Approval) -> Result<Option<CallToolResponse>, ErrorData> {
-    match approval {
-        Approval::Granted => Ok(request(pod, Method::Resume {}).await.map(Into::into)),
-        Approval::Ask(input_required) => Ok(Some(input_required.into())),
+    asked: &Asked,
+) -> Result<Run, CallToolResponse> {
+    let question = pause_question(pod).await.map_err(CallToolResponse::from)?;
+    match approval::ask(context, params, &question, asked).await {
+        Approval::Ask(input_required) => Err(input_required.into()),
+        Approval::Granted => {
+            // Resume approves what waits then: only if that is what the
+            // user saw.
+            let now = pause_question(pod).await.map_err(CallToolResponse::from)?;
+            if pod.lifecycle() != Lifecycle::Paused || now.subject != question.subject {
+                return Err(error_result("failed: the paused run changed while the user was asked".into()).into());
+            }
+            Run::start(pod, Method::Resume {}).await.map_err(Into::into)
+        }
         Approval::Refused(reason) => {
             let _ = pod.request(Method::Cancel {}).await;
-            Ok(Some(error_result(format!("cancelled: the run paused for approval and was cancelled: {reason}")).into()))
+            Err(error_result(format!("cancelled: the run paused for approval and was cancelled: {reason}")).into())
         }
     }
 }
 
 /// Progress notifications of one call, when the client asked for them.
+/// They are handed to a task of their own, so that a slow client loses
+/// progress notes, never the run's events.
 struct Progress {
-    target: Option<(ProgressToken, Peer<RoleServer>)>,
-    count: u32,
+    notes: Option<mpsc::Sender<String>>,
+    sender: Option<tokio::task::JoinHandle<()>>,
     text: String,
 }
 
 impl Progress {
     fn new(context: &RequestContext<RoleServer>) -> Progress {
-        let target = context.meta.get_progress_token().map(|token| (token, context.peer.clone()));
-        Progress { target, count: 0, text: String::new() }
+        let Some(token) = context.meta.get_progress_token() else {
+            return Progress { notes: None, sender: None, text: String::new() };
+        };
+        let (notes, mut pending) = mpsc::channel::<String>(PROGRESS_BACKLOG);
+        let peer = context.peer.clone();
+        let sender = tokio::spawn(async move {
+            let mut count = 0u32;
+            while let Some(message) = pending.recv().await {
+                count += 1;
+                let note = ProgressNotificationParam::new(token.clone(), f64::from(count)).with_message(message);
+                if peer.notify_progress(note).await.is_err() {
+                    break; // the client went away
+                }
+            }
+        });
+        Progress { notes: Some(notes), sender: Some(sender), text: String::new() }
     }
 
-    async fn say(&mut self, message: String) {
-        let Some((token, peer)) = &self.target else { return };
-        self.count += 1;
-        let note = ProgressNotificationParam::new(token.clone(), f64::from(self.count)).with_message(message);
-        // A client that went away misses its progress; the run goes on.
-        let _ = peer.notify_progress(note).await;
+    /// Sends what is still queued.
+    async fn finish(mut self) {
+        self.flush();
+        drop(self.notes.take());
+        if let Some(sender) = self.sender.take() {
+            let _ = sender.await;
+        }
     }
 
-    async fn text(&mut self, delta: &str) {
-        if self.target.is_none() {
+    fn say(&mut self, message: String) {
+        if let Some(notes) = &self.notes {
+            let _ = notes.try_send(message);
+        }
+    }
+
+    fn text(&mut self, delta: &str) {
+        if self.notes.is_none() {
             return;
         }
         self.text.push_str(delta);
         if self.text.len() >= TEXT_PIECE || delta.contains('\n') {
-            self.flush().await;
+            self.flush();
         }
     }
 
-    async fn flush(&mut self) {
+    fn flush(&mut self) {
         if !self.text.is_empty() {
             let text = std::mem::take(&mut self.text);
-            self.say(text).await;
+            self.say(text);
         }
     }
 }

@@ -69,12 +69,14 @@ impl Endpoint {
 }
 
 impl Endpoints {
-    /// Serves one HTTP request to `pod`'s endpoint.
+    /// Serves one HTTP request to `pod`'s endpoint; its body must arrive
+    /// within `body_timeout`.
     pub async fn handle(
         &self,
         settings: &McpSection,
         pod: &PodHandle,
         request: http::Request<axum::body::Body>,
+        body_timeout: Duration,
     ) -> http::Response<BoxBody<Bytes, Infallible>> {
         let endpoint = {
             let mut by_pod = self.by_pod.lock();
@@ -94,9 +96,15 @@ impl Endpoints {
         // A new session past the cap is refused here, with a status that
         // says so; the session manager's own cap is the backstop.
         let (parts, body) = request.into_parts();
-        let body = match axum::body::to_bytes(body, MAX_BODY).await {
-            Ok(body) => body,
-            Err(_) => return plain(http::StatusCode::PAYLOAD_TOO_LARGE, "the MCP message is over 1 MiB".into()),
+        let body = match tokio::time::timeout(body_timeout, axum::body::to_bytes(body, MAX_BODY)).await {
+            Ok(Ok(body)) => body,
+            Ok(Err(e)) if is_too_long(&e) => {
+                return plain(http::StatusCode::PAYLOAD_TOO_LARGE, "the MCP message is over 1 MiB".into());
+            }
+            Ok(Err(e)) => return plain(http::StatusCode::BAD_REQUEST, format!("the request body broke off: {e}")),
+            Err(_) => {
+                return plain(http::StatusCode::REQUEST_TIMEOUT, "the request body did not arrive in time".into());
+            }
         };
         if parts.method == http::Method::POST
             && !parts.headers.contains_key("mcp-session-id")
@@ -123,6 +131,18 @@ impl Endpoints {
             endpoint.stop.cancel();
         }
     }
+}
+
+/// Whether reading a body failed on its length.
+fn is_too_long(error: &axum::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(e) = source {
+        if e.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        source = e.source();
+    }
+    false
 }
 
 /// Whether `body` is an `initialize` request (which opens a session).

@@ -34,6 +34,8 @@ pub struct PodServer {
     pod: WeakPod,
     /// The tools as listed, in a stable order (by name), ask_pod first.
     tools: Arc<[Tool]>,
+    /// Approvals asked of stateless clients, not answered yet.
+    asked: Arc<approval::Asked>,
 }
 
 impl PodServer {
@@ -41,7 +43,7 @@ impl PodServer {
     /// does not change while it lives).
     pub fn new(pod: WeakPod) -> PodServer {
         let tools = catalog::tools(&pod).into();
-        PodServer { pod, tools }
+        PodServer { pod, tools, asked: Default::default() }
     }
 
     fn tool(&self, name: &str) -> Option<&Tool> {
@@ -58,7 +60,8 @@ impl PodServer {
         let name = params.name.to_string();
         let input = serde_json::Value::Object(params.arguments.clone().unwrap_or_default());
         if self.pod.pause_before.contains(&name) {
-            match approval::ask(&context, &params, &approval::Question::tool_call(&name, &input)).await {
+            let question = approval::Question::tool_call(&name, &input);
+            match approval::ask(&context, &params, &question, &self.asked).await {
                 approval::Approval::Granted => {}
                 approval::Approval::Refused(reason) => {
                     return Ok(error_result(format!("permission_denied: `{name}` was not run: {reason}")).into());
@@ -139,15 +142,17 @@ impl ServerHandler for PodServer {
             ));
         }
         if params.name == ASK_POD {
-            let pod = self.pod.upgrade().map_err(|e| ErrorData::internal_error(e.to_string(), None))?;
-            return ask::ask_pod(&pod, params, context).await;
+            return match self.pod.upgrade() {
+                Ok(pod) => ask::ask_pod(&pod, params, context, &self.asked).await,
+                Err(e) => Ok(error_result(format!("failed: {e}")).into()),
+            };
         }
         self.call_plugin_tool(params, context).await
     }
 
     fn get_tool(&self, _name: &str) -> Option<Tool> {
-        // The plugins check their own input, with messages for the model:
-        // the SDK's schema check would answer a protocol error instead.
+        // Only for the SDK's check of `Mcp-Param-*` headers, which no tool
+        // here declares.
         None
     }
 }

@@ -340,7 +340,8 @@ async fn mcp(
     request: axum::extract::Request,
 ) -> Result<Response, ApiError> {
     let pod = pod_of(&tenant, &name)?;
-    Ok(tenant.mcp.handle(&server.config.mcp, &pod, request).await.map(Body::new))
+    let body_timeout = Duration::from_secs(server.config.http.request_timeout_s);
+    Ok(tenant.mcp.handle(&server.config.mcp, &pod, request, body_timeout).await.map(Body::new))
 }
 
 /// The event stream of a pod, as Server-Sent Events. Each event's id

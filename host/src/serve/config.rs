@@ -100,7 +100,8 @@ pub struct McpSection {
     /// MCP sessions (2025-11-25 clients) open at once on one pod.
     #[serde(default = "default_max_sessions")]
     pub max_sessions_per_pod: usize,
-    /// A session unused this long (seconds) is closed.
+    /// A session unused this long (seconds) is closed; a call in flight
+    /// does not count as use, so keep it above the longest call.
     #[serde(default = "default_session_idle_s")]
     pub session_idle_s: u64,
 }
@@ -121,7 +122,7 @@ fn default_max_sessions() -> usize {
 }
 
 fn default_session_idle_s() -> u64 {
-    300
+    30 * 60
 }
 
 /// The server's configuration, checked and resolved.
