@@ -53,12 +53,15 @@ fn python_client(args: &[&str], env: &[(&str, &Path)]) -> String {
 }
 
 /// The scripted model of every fixture pod: a first run reads and
-/// answers; a second one writes (a `pause_before` tool) and answers.
+/// answers; a second one writes (a `pause_before` tool) and answers; a
+/// third takes a minute (to be cancelled), and a fourth answers at once.
 const SCRIPT: &str = r#"{"turns": [
   {"text": "Let me read the file.\n", "tool_calls": [{"name": "Read", "arguments": {"file_path": "${cwd}/hello.txt"}}]},
   {"text": "It says hello from the project."},
   {"tool_calls": [{"name": "Write", "arguments": {"file_path": "${cwd}/note.txt", "content": "note"}}]},
-  {"text": "The note is written."}
+  {"text": "The note is written."},
+  {"delay_ms": 60000, "text": "Too late."},
+  {"text": "Back again."}
 ]}"#;
 
 /// The manifest of a fixture pod: `project` in scope (`permission`),
@@ -85,7 +88,7 @@ fn fixture(name: &str, permission: &str) -> (tempfile::TempDir, PathBuf) {
     (tmp, dir)
 }
 
-const ALL_CHECKS: &str = "list,call,refusal,errors,timeout,cancel,ask,approve,ask_approve";
+const ALL_CHECKS: &str = "list,call,refusal,errors,timeout,cancel,ask,approve,ask_approve,ask_cancel";
 
 /// Every check over stdio, in `mode`: `yoi-host mcp` started by the client.
 fn stdio_session(mode: &str) {
@@ -113,10 +116,13 @@ fn stdio_session(mode: &str) {
         ],
         &[("YOI_HOME", &home), ("YOI_RUNTIME_DIR", &dir.join("run"))],
     );
-    assert!(out.contains("ok ask_approve"), "{out}");
-    // The pod's run went to its session log like any pod's.
-    let sessions = std::fs::read_dir(home.join("sessions")).unwrap().count();
-    assert_eq!(sessions, 1, "one session log");
+    assert!(out.contains("ok ask_cancel"), "{out}");
+    // The pod's runs went to its session log like any pod's, the cancelled
+    // one as cancelled.
+    let logs: Vec<_> = std::fs::read_dir(home.join("sessions")).unwrap().map(|e| e.unwrap().path()).collect();
+    assert_eq!(logs.len(), 1, "one session log: {logs:?}");
+    let log = std::fs::read_to_string(&logs[0]).unwrap();
+    assert!(log.contains(r#""outcome":"cancelled""#), "{log}");
 }
 
 /// `yoi-host mcp --manifest MANIFEST` with its stdin and stdout piped.

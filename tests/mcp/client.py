@@ -163,6 +163,23 @@ async def check_ask_approve(client, args, elicitation):
     expect("Write" in elicitation.asked[-1], f"about the Write: {elicitation.asked[-1]}")
 
 
+async def check_ask_cancel(client, args):
+    # A run that takes a minute, cancelled by the client: the pod is free
+    # for the next run at once.
+    slow = asyncio.create_task(client.call_tool("ask_pod", {"prompt": "Take your time."}))
+    await asyncio.sleep(1)
+    slow.cancel()
+    try:
+        await slow
+    except asyncio.CancelledError:
+        pass
+    start = time.monotonic()
+    result = await client.call_tool("ask_pod", {"prompt": "Are you there?"})
+    expect(not result.is_error, f"the next run is accepted: {text_of(result)}")
+    expect(text_of(result) == "Back again.", f"and answers: {text_of(result)}")
+    expect(time.monotonic() - start < 10, "without waiting for the cancelled one")
+
+
 async def check_no_elicitation(client, args):
     target = os.path.join(args.dir, "project", f"unasked-{args.mode}.txt")
     result = await client.call_tool("Write", {"file_path": target, "content": "no"})

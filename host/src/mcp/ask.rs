@@ -14,6 +14,9 @@
 //! of this reader, the outcome and answer are read from the session log.
 
 use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
 
 use rmcp::model::{CallToolRequestParams, CallToolResponse, CallToolResult, ProgressNotificationParam};
 use rmcp::service::RequestContext;
@@ -35,13 +38,27 @@ const TEXT_PIECE: usize = 200;
 /// Progress notes that may wait for a slow client; more are dropped.
 const PROGRESS_BACKLOG: usize = 64;
 
+/// How long a run this server cancelled may take to wind down before the
+/// next `ask_pod` is refused as `already_running`.
+const WIND_DOWN: Duration = Duration::from_secs(5);
+
+/// What the `ask_pod` calls of one server share.
+#[derive(Default)]
+pub struct Asks {
+    /// Approvals asked of stateless clients, not answered yet.
+    pub asked: Asked,
+    /// When this server last cancelled a run for its client.
+    cancelled: Mutex<Option<Instant>>,
+}
+
 /// Runs `params`' prompt in `pod` and answers with the final text.
 pub async fn ask_pod(
     pod: &PodHandle,
     params: CallToolRequestParams,
     context: RequestContext<RoleServer>,
-    asked: &Asked,
+    asks: &Asks,
 ) -> Result<CallToolResponse, ErrorData> {
+    let asked = &asks.asked;
     let run = if pod.lifecycle() == Lifecycle::Paused {
         // A run waits for approval (this client's earlier question, or one
         // nobody answered): that question comes first.
@@ -57,13 +74,20 @@ pub async fn ask_pod(
         let Some(prompt) = params.arguments.as_ref().and_then(|a| a.get("prompt")).and_then(Value::as_str) else {
             return Ok(error_result("invalid_input: `prompt` (a string) is required".into()).into());
         };
+        // A client that cancelled a run and asks again at once finds it
+        // still winding down: it gets a moment to end.
+        let cancelled = asks.cancelled.lock().is_some_and(|at| at.elapsed() < WIND_DOWN);
+        if cancelled && pod.lifecycle() == Lifecycle::Running {
+            let mut lifecycle = pod.watch_lifecycle();
+            let _ = tokio::time::timeout(WIND_DOWN, lifecycle.wait_for(|s| *s != Lifecycle::Running)).await;
+        }
         match Run::start(pod, Method::Run { input: prompt.to_string() }).await {
             Ok(run) => run,
             Err(refused) => return Ok(refused.into()),
         }
     };
     let mut progress = Progress::new(&context);
-    let response = follow_to_the_end(pod, run, &params, &context, asked, &mut progress).await;
+    let response = follow_to_the_end(pod, run, &params, &context, asks, &mut progress).await;
     // Progress goes before the answer: a client drops notes of a call it
     // has the answer to.
     progress.finish().await;
@@ -76,13 +100,14 @@ async fn follow_to_the_end(
     mut run: Run,
     params: &CallToolRequestParams,
     context: &RequestContext<RoleServer>,
-    asked: &Asked,
+    asks: &Asks,
     progress: &mut Progress,
 ) -> Result<CallToolResponse, ErrorData> {
     loop {
         let ended = tokio::select! {
             ended = run.follow(pod, progress) => ended,
             _ = context.ct.cancelled() => {
+                *asks.cancelled.lock() = Some(Instant::now());
                 let _ = pod.request(Method::Cancel {}).await;
                 return Err(ErrorData::internal_error("the run was cancelled by the client", None));
             }
@@ -93,7 +118,7 @@ async fn follow_to_the_end(
         };
         return Ok(match outcome {
             Outcome::Finished => tool_result_text(answer).into(),
-            Outcome::Paused => match decide_pause(pod, params, context, asked).await {
+            Outcome::Paused => match decide_pause(pod, params, context, &asks.asked).await {
                 Ok(resumed) => {
                     run = resumed;
                     continue;

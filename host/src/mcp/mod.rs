@@ -34,8 +34,8 @@ pub struct PodServer {
     pod: WeakPod,
     /// The tools as listed, in a stable order (by name), ask_pod first.
     tools: Arc<[Tool]>,
-    /// Approvals asked of stateless clients, not answered yet.
-    asked: Arc<approval::Asked>,
+    /// What the calls of this server share: open approvals, cancels.
+    asks: Arc<ask::Asks>,
 }
 
 impl PodServer {
@@ -43,7 +43,7 @@ impl PodServer {
     /// does not change while it lives).
     pub fn new(pod: WeakPod) -> PodServer {
         let tools = catalog::tools(&pod).into();
-        PodServer { pod, tools, asked: Default::default() }
+        PodServer { pod, tools, asks: Default::default() }
     }
 
     fn tool(&self, name: &str) -> Option<&Tool> {
@@ -61,7 +61,7 @@ impl PodServer {
         let input = serde_json::Value::Object(params.arguments.clone().unwrap_or_default());
         if self.pod.pause_before.contains(&name) {
             let question = approval::Question::tool_call(&name, &input);
-            match approval::ask(&context, &params, &question, &self.asked).await {
+            match approval::ask(&context, &params, &question, &self.asks.asked).await {
                 approval::Approval::Granted => {}
                 approval::Approval::Refused(reason) => {
                     return Ok(error_result(format!("permission_denied: `{name}` was not run: {reason}")).into());
@@ -143,7 +143,7 @@ impl ServerHandler for PodServer {
         }
         if params.name == ASK_POD {
             return match self.pod.upgrade() {
-                Ok(pod) => ask::ask_pod(&pod, params, context, &self.asked).await,
+                Ok(pod) => ask::ask_pod(&pod, params, context, &self.asks).await,
                 Err(e) => Ok(error_result(format!("failed: {e}")).into()),
             };
         }
