@@ -342,9 +342,11 @@ async fn another_tenant_host_or_origin_reaches_nothing() {
     assert_eq!(origin.status(), StatusCode::FORBIDDEN);
     let host = mcp_post(&acme, "a", &initialize()).header("host", "evil.example").send().await.unwrap();
     assert_eq!(host.status(), StatusCode::FORBIDDEN, "a foreign Host");
-    // A message over 1 MiB.
+    // A message over 1 MiB (on a connection of its own: the server answers
+    // before the body ends, then closes it).
     let big = json!({"jsonrpc": "2.0", "id": 9, "method": "initialize", "params": {"pad": "x".repeat(2 << 20)}});
-    assert_eq!(mcp_post(&acme, "a", &big).send().await.unwrap().status(), StatusCode::PAYLOAD_TOO_LARGE);
+    let alone = Api { http: reqwest::Client::new(), ..acme.clone() };
+    assert_eq!(mcp_post(&alone, "a", &big).send().await.unwrap().status(), StatusCode::PAYLOAD_TOO_LARGE);
     // Pages on this machine may call (with the token).
     let local = mcp_post(&acme, "b", &initialize()).header("origin", "http://localhost:3000").send().await.unwrap();
     assert_eq!(local.status(), StatusCode::OK);
