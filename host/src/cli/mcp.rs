@@ -4,7 +4,6 @@
 //! without a socket; it shuts down when the client closes stdin or on
 //! SIGTERM, SIGHUP or Ctrl-C. Nothing but MCP messages goes to stdout.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
@@ -12,7 +11,6 @@ use clap::Args;
 use rmcp::ServiceExt;
 use tokio::signal::unix::{SignalKind, signal};
 
-use super::PluginDirs;
 use crate::mcp::PodServer;
 use crate::pod::Exposure;
 use crate::protocol::Method;
@@ -20,18 +18,13 @@ use crate::protocol::Method;
 /// `yoi-host mcp`
 #[derive(Args, Debug)]
 pub struct McpArgs {
-    /// The pod manifest: its scope, grants and limits apply to every call.
-    #[arg(long)]
-    manifest: PathBuf,
     #[command(flatten)]
-    plugins: PluginDirs,
-    /// Continue a session of the pod (for `ask_pod`): its id, or `latest`.
-    #[arg(long, value_name = "ID|latest")]
-    resume: Option<String>,
+    pod: super::pods::PodArgs,
 }
 
 /// Serves the pod on stdio until the client goes away or a signal comes.
 pub async fn mcp(args: McpArgs) -> anyhow::Result<ExitCode> {
+    let args = &args.pod;
     let resume = args.resume.as_deref();
     let pod = super::pods::start_pod(&args.manifest, &args.plugins, resume, Exposure::HostOnly, false).await?;
     let service = PodServer::new(pod.downgrade())

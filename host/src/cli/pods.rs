@@ -26,17 +26,24 @@ use crate::provider::{self, Provider, RetryPolicy};
 use crate::scope_lock::ScopeLock;
 use crate::session::SessionStore;
 
+/// What starts an operator's pod: shared by `run` and `mcp`.
+#[derive(Args, Debug)]
+pub(crate) struct PodArgs {
+    /// The pod manifest.
+    #[arg(long)]
+    pub manifest: PathBuf,
+    #[command(flatten)]
+    pub plugins: PluginDirs,
+    /// Continue a session: its id, or `latest` for this pod's newest.
+    #[arg(long, value_name = "ID|latest")]
+    pub resume: Option<String>,
+}
+
 /// `yoi-host run`
 #[derive(Args, Debug)]
 pub struct RunArgs {
-    /// The pod manifest.
-    #[arg(long)]
-    manifest: PathBuf,
     #[command(flatten)]
-    plugins: PluginDirs,
-    /// Continue a session: its id, or `latest` for this pod's newest.
-    #[arg(long, value_name = "ID|latest")]
-    resume: Option<String>,
+    pod: PodArgs,
     /// Run PROMPT, then shut down and exit with the run's result.
     #[arg(long, requires = "prompt")]
     once: bool,
@@ -109,8 +116,8 @@ pub(crate) async fn start_pod(
 /// the pod down.
 pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let needs_model = args.prompt.is_some();
-    let handle =
-        start_pod(&args.manifest, &args.plugins, args.resume.as_deref(), Exposure::Socket, needs_model).await?;
+    let pod = &args.pod;
+    let handle = start_pod(&pod.manifest, &pod.plugins, pod.resume.as_deref(), Exposure::Socket, needs_model).await?;
     let name = handle.name.clone();
     let mut events = handle.subscribe();
     if let Some(socket) = &handle.socket {
