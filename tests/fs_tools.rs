@@ -412,6 +412,38 @@ async fn symlink_swapped_in_between_read_and_write() {
     a.assert_outside_untouched();
 }
 
+/// A pod's calls share the descriptors of its scope's directories, but a
+/// directory deleted and made again, moved away, or swapped for a link to
+/// outside is noticed: the next call works in what the path names now, or,
+/// for a link, reaches nothing until a directory is back.
+#[tokio::test]
+async fn a_scope_directory_replaced_between_calls_is_opened_afresh() {
+    let a = Agent::new().await;
+    let f = a.sb.file("proj/a.txt", "first\n");
+    a.ok("Read", json!({"file_path": f})).await;
+    std::fs::remove_dir_all(a.sb.root.join("proj")).unwrap();
+    a.sb.file("proj/a.txt", "second\n");
+    assert_eq!(a.ok("Read", json!({"file_path": f})).await.content.as_deref(), Some("     1\tsecond"));
+    a.ok("Write", json!({"file_path": a.p("proj/new.txt"), "content": "made\n"})).await;
+    assert_eq!(a.sb.read("proj/new.txt").as_deref(), Some("made\n"));
+
+    std::fs::rename(a.sb.root.join("proj"), a.sb.root.join("moved")).unwrap();
+    a.sb.file("proj/a.txt", "third\n");
+    assert_eq!(a.ok("Read", json!({"file_path": f})).await.content.as_deref(), Some("     1\tthird"));
+
+    std::fs::rename(a.sb.root.join("proj"), a.sb.root.join("moved-again")).unwrap();
+    symlink(a.sb.root.join("outside"), a.sb.root.join("proj")).unwrap();
+    let e = a.err("Read", json!({"file_path": a.p("proj/secret.txt")})).await;
+    assert!(!e.message.contains("outside data"), "{e}");
+    a.err("Write", json!({"file_path": a.p("proj/planted.txt"), "content": "pwned"})).await;
+    a.assert_outside_untouched();
+
+    // A directory again: reachable again.
+    std::fs::remove_file(a.sb.root.join("proj")).unwrap();
+    a.sb.file("proj/a.txt", "fourth\n");
+    assert_eq!(a.ok("Read", json!({"file_path": f})).await.content.as_deref(), Some("     1\tfourth"));
+}
+
 /// Writing through a hard link to a file outside the scope replaces the
 /// link (atomic rename) and never modifies the outside file.
 #[tokio::test]

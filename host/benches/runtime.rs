@@ -13,47 +13,16 @@
 //! guest toolchains and builds the components first.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use wasmtime::Store;
-use wasmtime::component::{Component, Linker};
-use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use support::{call_times, guest, instantiate, ms, pod_writing, us};
 use yoi_host::plugin::cache::{CacheOutcome, ComponentCache};
 use yoi_host::plugin::engine::build_engine;
-use yoi_host::plugin::{Allocator, CallLimits, HostOptions, PluginSet, PluginSource, PodContext};
-use yoi_host::scope::{Permission, RuleSpec, Scope};
+use yoi_host::plugin::{Allocator, CallLimits, HostOptions, PluginSet, PluginSource};
 
 #[path = "../../tests/common/builds.rs"]
 mod builds;
-
-fn guest(name: &str) -> PathBuf {
-    Path::new(env!("YOI_GUEST_DIR")).join(format!("{name}.wasm"))
-}
-
-struct Bare {
-    wasi: WasiCtx,
-    table: wasmtime::component::ResourceTable,
-}
-
-impl WasiView for Bare {
-    fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
-    }
-}
-
-fn percentile(samples: &mut [Duration], p: f64) -> Duration {
-    samples.sort();
-    samples[((samples.len() - 1) as f64 * p).round() as usize]
-}
-
-fn us(d: Duration) -> String {
-    format!("{:.1} µs", d.as_secs_f64() * 1e6)
-}
-
-fn ms(d: Duration) -> String {
-    format!("{:.1} ms", d.as_secs_f64() * 1e3)
-}
+mod support;
 
 /// Cold compile and cache load of one component, best of a few rounds.
 fn compile_vs_cache(name: &str, bytes: &[u8]) -> (Duration, Duration) {
@@ -77,29 +46,6 @@ fn compile_vs_cache(name: &str, bytes: &[u8]) -> (Duration, Duration) {
     (cold, warm)
 }
 
-/// Median instantiate time of the probe component (imports it does not use
-/// at instantiation are stubbed), with a fresh store each time.
-async fn instantiate(allocator: Allocator, rounds: usize) -> (Duration, Duration) {
-    let engine = build_engine(allocator).unwrap();
-    let component = Component::from_file(&engine, guest("probe")).unwrap();
-    let mut linker = Linker::<Bare>::new(&engine);
-    wasmtime_wasi::p2::add_to_linker_async(&mut linker).unwrap();
-    linker.define_unknown_imports_as_traps(&component).unwrap();
-    let pre = linker.instantiate_pre(&component).unwrap();
-    let mut samples = Vec::with_capacity(rounds);
-    for _ in 0..rounds {
-        let mut store = Store::new(
-            &engine,
-            Bare { wasi: WasiCtx::builder().build(), table: wasmtime::component::ResourceTable::new() },
-        );
-        store.set_epoch_deadline(u64::MAX / 2);
-        let t = Instant::now();
-        pre.instantiate_async(&mut store).await.unwrap();
-        samples.push(t.elapsed());
-    }
-    (percentile(&mut samples, 0.5), percentile(&mut samples, 0.99))
-}
-
 /// p50/p99 of a whole trivial call through the host.
 async fn trivial_call(allocator: Allocator, rounds: usize) -> (Duration, Duration) {
     let cache = tempfile::tempdir().unwrap();
@@ -107,35 +53,9 @@ async fn trivial_call(allocator: Allocator, rounds: usize) -> (Duration, Duratio
     let mut host = PluginSet::new(&options).unwrap();
     host.add(PluginSource::from_file(&guest("probe")).unwrap()).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let (p50, p99, ok) = call_times(&host, dir.path(), "Noop", "{}", rounds).await;
+    let (p50, p99, ok) = call_times(&host, &pod_writing(dir.path(), CallLimits::default()), "Noop", "{}", rounds).await;
     assert!(ok);
     (p50, p99)
-}
-
-/// p50/p99 of calls of `tool` with `input` for a pod that may write `dir`
-/// (after a warm-up), and whether they succeeded (every call must end alike).
-async fn call_times(
-    host: &PluginSet,
-    dir: &Path,
-    tool: &str,
-    input: &str,
-    rounds: usize,
-) -> (Duration, Duration, bool) {
-    let rule = RuleSpec { target: dir.to_path_buf(), permission: Permission::Write, recursive: true };
-    let scope = Scope::resolve(&[rule], &[], Path::new("/")).unwrap();
-    let pod = Arc::new(PodContext::new("bench", dir.to_path_buf(), scope, CallLimits::default()));
-    let ok = host.call(&pod, tool, input).await.is_ok();
-    for _ in 0..rounds.div_ceil(20) {
-        assert_eq!(host.call(&pod, tool, input).await.is_ok(), ok);
-    }
-    let mut samples = Vec::with_capacity(rounds);
-    for _ in 0..rounds {
-        let t = Instant::now();
-        let result = host.call(&pod, tool, input).await;
-        samples.push(t.elapsed());
-        assert_eq!(result.is_ok(), ok);
-    }
-    (percentile(&mut samples, 0.5), percentile(&mut samples, 0.99), ok)
 }
 
 /// The `languages` mode: Rust, Python and JavaScript plugins side by side.
@@ -193,7 +113,8 @@ async fn languages() {
         let bytes = std::fs::read(path).unwrap();
         let (cold, warm) = compile_vs_cache(label, &bytes);
         host.add(PluginSource::from_file(path).unwrap()).await.unwrap();
-        let (p50, p99, ok) = call_times(&host, work.path(), tool, input, 300).await;
+        let pod = pod_writing(work.path(), CallLimits::default());
+        let (p50, p99, ok) = call_times(&host, &pod, tool, input, 300).await;
         // The HttpGet row times a request the host refuses (no grant).
         assert_eq!(ok, *tool != "HttpGet", "{label}");
         if label.starts_with("Rust starter") {
@@ -213,16 +134,8 @@ async fn languages() {
 
 fn main() {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    // `runtime calls N`: only N trivial calls, for profiling.
-    let args: Vec<String> = std::env::args().collect();
-    if args.iter().any(|a| a == "languages") {
+    if std::env::args().any(|a| a == "languages") {
         rt.block_on(languages());
-        return;
-    }
-    if let Some(pos) = args.iter().position(|a| a == "calls") {
-        let n = args.get(pos + 1).and_then(|n| n.parse().ok()).unwrap_or(100_000);
-        let (p50, p99) = rt.block_on(trivial_call(Allocator::Pooling, n));
-        println!("trivial call p50 {} p99 {}", us(p50), us(p99));
         return;
     }
 

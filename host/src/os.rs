@@ -5,11 +5,7 @@
 /// Raises the soft limit on open files to the hard limit; returns the
 /// limit now in force.
 pub fn raise_open_file_limit() -> std::io::Result<u64> {
-    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-    // SAFETY: getrlimit writes into the struct we pass and reads nothing else.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
+    let mut limit = open_file_limits()?;
     if limit.rlim_cur < limit.rlim_max {
         let raised = libc::rlimit { rlim_cur: limit.rlim_max, rlim_max: limit.rlim_max };
         // SAFETY: setrlimit reads the struct we pass.
@@ -19,6 +15,20 @@ pub fn raise_open_file_limit() -> std::io::Result<u64> {
         limit = raised;
     }
     Ok(limit.rlim_cur)
+}
+
+/// The soft limit on open files now in force.
+pub fn open_file_limit() -> std::io::Result<u64> {
+    Ok(open_file_limits()?.rlim_cur)
+}
+
+fn open_file_limits() -> std::io::Result<libc::rlimit> {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit writes into the struct we pass and reads nothing else.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(limit)
 }
 
 /// Opens the directory at `path` (absolute) without following any symlink

@@ -14,7 +14,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use wasmtime::component::ResourceTable;
 use wasmtime::{ResourceLimiter, Store, UpdateDeadline};
-use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use super::bindings::{Plugin, PluginPre};
@@ -22,6 +22,7 @@ use super::engine::EPOCH_TICK;
 use super::network::HttpPolicy;
 use super::output::Capture;
 use super::pod_context::{CallLimits, PodContext};
+use super::preopens::Extra;
 use super::result::{ToolError, ToolErrorKind};
 
 /// The data of a call's [`Store`].
@@ -190,10 +191,11 @@ pub async fn with_fresh_instance<R>(
     result.map_err(|e| classify_fault(label, &e, &limits, store.data().limiter.hit, &stderr))
 }
 
-/// The WASI context of a call: the pod's scope as preopens, stdio captured,
+/// The WASI context of a call: the pod's scope as preopens (opened once per
+/// pod and plugin, see [`super::preopens`]), stdio captured,
 /// and what the plugin was granted (environment variables, its data
 /// directory); nothing else (no args, network or inherited stdio).
-fn wasi_context(pod: &PodContext, plugin: &str, stdout: &Capture, stderr: &Capture) -> WasiCtx {
+fn wasi_context(pod: &PodContext, plugin: &Arc<str>, stdout: &Capture, stderr: &Capture) -> WasiCtx {
     let mut builder = WasiCtxBuilder::new();
     builder
         .allow_blocking_current_thread(true)
@@ -202,22 +204,8 @@ fn wasi_context(pod: &PodContext, plugin: &str, stdout: &Capture, stderr: &Captu
         .allow_tcp(false)
         .allow_udp(false)
         .allow_ip_name_lookup(false);
-    for preopen in pod.scope().preopens() {
-        let perms = if preopen.writable { FsPerms::ReadWrite } else { FsPerms::ReadOnly };
-        let guest_path = preopen.dir.to_string_lossy().into_owned();
-        // The directory is opened without following symlinks, and wasmtime
-        // is handed that very directory (through its descriptor's entry in
-        // /proc), not its path again: a link swapped into the path cannot
-        // redirect the preopen.
-        let opened = crate::os::open_dir_no_symlinks(&preopen.dir).map_err(anyhow_io).and_then(|fd| {
-            let by_descriptor = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&fd));
-            builder.preopened_dir(by_descriptor, guest_path, perms).map(|_| ())
-        });
-        if let Err(e) = opened {
-            tracing::warn!(pod = %pod.name, dir = %preopen.dir.display(), "scope directory left out of the call: {e:?}");
-        }
-    }
-    if let Some(granted) = pod.grants.get(plugin) {
+    let granted = pod.grants.get(&**plugin);
+    if let Some(granted) = granted {
         if !granted.sockets.is_none() {
             let access = Arc::new(granted.sockets.clone());
             builder.allow_tcp(true).allow_udp(true).socket_addr_check(move |addr, usage| {
@@ -229,18 +217,13 @@ fn wasi_context(pod: &PodContext, plugin: &str, stdout: &Capture, stderr: &Captu
             builder.env(var, value);
         }
         if let Some(dir) = &granted.data_dir {
-            let guest_path = dir.to_string_lossy().into_owned();
-            builder.env("YOI_DATA_DIR", &guest_path);
-            if let Err(e) = builder.preopened_dir(dir, guest_path, FsPerms::ReadWrite) {
-                tracing::warn!(pod = %pod.name, plugin, "data directory left out of the call: {e:?}");
-            }
+            builder.env("YOI_DATA_DIR", dir.to_string_lossy());
         }
     }
-    builder.build()
-}
-
-fn anyhow_io(e: std::io::Error) -> wasmtime::Error {
-    wasmtime::Error::new(e)
+    let extra = Extra { plugin, data_dir: granted.and_then(|g| g.data_dir.as_deref()), pod: &pod.name };
+    let mut wasi = builder.build();
+    *wasi.filesystem() = pod.preopens.filesystem(&pod.scope(), &extra);
+    wasi
 }
 
 fn log_output(label: &PluginLabel, stdout: &Capture, stderr: &Capture) {

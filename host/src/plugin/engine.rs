@@ -25,6 +25,15 @@ pub enum Allocator {
     OnDemand,
 }
 
+/// How many bytes of each table stay resident between instances (the most
+/// any table may have: `table_elements` of 8 bytes).
+const TABLE_KEEP_RESIDENT: usize = 100_000 * 8;
+
+/// How long the epoch keeps ticking after the last call ends, in ticks:
+/// calls that follow one another then never wait for the ticker thread to
+/// wake up.
+const TICKER_LINGER_TICKS: u32 = 50;
+
 /// Most component instances (so, concurrent tool calls) the pool holds.
 pub const POOL_COMPONENT_INSTANCES: u32 = 256;
 
@@ -49,16 +58,23 @@ pub fn build_engine(allocator: Allocator) -> anyhow::Result<Engine> {
         pool.max_memories_per_module(1);
         pool.total_tables(POOL_COMPONENT_INSTANCES * 16);
         pool.max_tables_per_component(64);
-        pool.table_elements(100_000);
+        pool.table_elements(TABLE_KEEP_RESIDENT / 8);
         // Each call gives its memory back itself. Batching (one madvise per
         // 16 finished calls) made the trivial call faster alone (p50 32 µs
         // against 37 µs), but the call that completed a batch paid for the
         // others' memory: with another tenant's calls filling 256 MiB each,
         // a trivial call's p99 through the API was 24 ms batched by 16,
         // 16 ms by 4, 5-8 ms unbatched (`cargo bench --bench serve -- noisy`,
-        // YOI_NOISY=Hog). Keeping memory resident (memset or PAGEMAP_SCAN)
-        // was slower still, 45-60 µs.
+        // YOI_NOISY=Hog). Keeping memory resident was slower still: with
+        // PAGEMAP_SCAN, 45-60 µs then and 1.6-2x now; with memset, dropping
+        // the store took 90 µs instead of 20 (the stack comes first in a
+        // Rust guest's memory, so the whole 1 MiB stack is zeroed).
         pool.decommit_batch_size(1);
+        // A table is reset by zeroing its used part instead of an madvise:
+        // on a machine of several cores, each madvise of a multi-threaded
+        // process interrupts the other cores to flush their TLBs. Trivial
+        // call p50 105-108 µs against 119-130 µs (`--bench hot_path`).
+        pool.table_keep_resident(TABLE_KEEP_RESIDENT);
         pool.total_stacks(POOL_COMPONENT_INSTANCES);
         pool.max_memory_size(MAX_MEMORY_BYTES);
         pool.max_core_instance_size(4 << 20);
@@ -77,8 +93,8 @@ pub fn engine_fingerprint(engine: &Engine) -> String {
 }
 
 /// Advances the engine's epoch every [`EPOCH_TICK`] while any call runs,
-/// until dropped. With no call running it sleeps, so an idle host costs no
-/// CPU for its clock.
+/// until dropped. Once no call has run for [`TICKER_LINGER_TICKS`] ticks it
+/// sleeps, so an idle host costs no CPU for its clock.
 pub struct EpochTicker {
     state: Arc<TickerState>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -109,8 +125,15 @@ impl EpochTicker {
         let thread = std::thread::Builder::new()
             .name("yoi-epoch".into())
             .spawn(move || {
+                // Ticks in a row with no call running.
+                let mut idle = 0;
                 while !ticker.stop.load(Ordering::Acquire) {
                     if ticker.active.load(Ordering::Acquire) == 0 {
+                        idle += 1;
+                    } else {
+                        idle = 0;
+                    }
+                    if idle > TICKER_LINGER_TICKS {
                         // Woken by the next call (or the stop); a spurious
                         // wake-up just looks again.
                         std::thread::park();

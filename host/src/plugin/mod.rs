@@ -32,6 +32,7 @@ mod meter;
 mod network;
 mod output;
 pub mod pod_context;
+mod preopens;
 mod result;
 pub mod runtime;
 pub mod workers;

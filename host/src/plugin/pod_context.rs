@@ -90,6 +90,8 @@ pub struct PodContext {
     pub meter: Option<Arc<dyn super::CallMeter>>,
     /// Admits `limits.concurrent_calls` calls at once, in arrival order.
     pub(super) calls: tokio::sync::Semaphore,
+    /// The scope's directories as the pod's calls preopen them.
+    pub(super) preopens: super::preopens::Preopens,
 }
 
 impl std::fmt::Debug for PodContext {
@@ -111,6 +113,7 @@ impl PodContext {
             grants: Grants::new(),
             meter: None,
             calls: tokio::sync::Semaphore::new(limits.concurrent_calls.max(1)),
+            preopens: Default::default(),
         }
     }
 
@@ -129,6 +132,7 @@ impl PodContext {
     /// Replaces the effective scope; calls that start later see it.
     pub fn set_scope(&self, scope: Scope) {
         *self.scope.write() = Arc::new(scope);
+        self.preopens.clear();
     }
 }
 

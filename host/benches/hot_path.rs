@@ -1,22 +1,36 @@
-//! The file tools through wasm versus the same work done natively in the same
-//! run (std::fs and the same ripgrep crates), on a generated tree of 20 000
-//! files / 200 MB. Prints a table with the wasm/native ratio per operation.
+//! The tool-call hot path: each figure beside its native baseline, measured
+//! in the same run, and the ratio.
 //!
-//! Run: `cargo bench -p yoi-host --bench fs_tools`
+//! - instantiate: the probe component in a fresh store (no native
+//!   equivalent: a native function needs no instance);
+//! - a trivial call through the host (`PluginSet::call`: admission, the hop
+//!   to a call thread and back, WASI context, instance, call, drop), against
+//!   an empty task sent the same way to the same kind of call threads;
+//! - the file tools through wasm against the same work done natively
+//!   (std::fs and the same ripgrep crates) on a generated tree of 20 000
+//!   files / 200 MB.
+//!
+//! Run: `cargo bench -p yoi-host --bench hot_path`
 //! The tree is generated once under `target/bench-fs-tree` and reused.
+//!
+//! `cargo bench -p yoi-host --bench hot_path -- profile TOOL INPUT_JSON N`
+//! runs only that call, N times (`Noop {}` for the trivial call), to run
+//! under `perf record`.
 
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use globset::GlobBuilder;
 use grep_regex::RegexMatcherBuilder;
 use grep_searcher::sinks::Lossy;
 use grep_searcher::{BinaryDetection, SearcherBuilder};
 use serde_json::json;
-use yoi_host::plugin::{Allocator, CallLimits, HostOptions, PluginSet, PodContext, truncate};
-use yoi_host::scope::{Permission, RuleSpec, Scope};
+use support::{guest, p50_p99, pod_writing, show};
+use yoi_host::plugin::workers::Workers;
+use yoi_host::plugin::{Allocator, CallLimits, HostOptions, PluginSet, PluginSource, truncate};
+
+mod support;
 
 const DIRS: usize = 200;
 const FILES_PER_DIR: usize = 100;
@@ -68,31 +82,6 @@ fn generate_tree(root: &Path) -> io::Result<()> {
     std::fs::write(root.join("big.txt"), text(1, 1 << 20))?;
     std::fs::write(root.join("small.txt"), text(2, 2000))?;
     std::fs::write(&marker, "")
-}
-
-fn median(mut samples: Vec<Duration>) -> Duration {
-    samples.sort();
-    samples[samples.len() / 2]
-}
-
-fn time<T>(rounds: usize, mut f: impl FnMut() -> T) -> Duration {
-    median(
-        (0..rounds)
-            .map(|_| {
-                let t = Instant::now();
-                std::hint::black_box(f());
-                t.elapsed()
-            })
-            .collect(),
-    )
-}
-
-fn show(d: Duration) -> String {
-    if d < Duration::from_millis(1) {
-        format!("{:.1} µs", d.as_secs_f64() * 1e6)
-    } else {
-        format!("{:.1} ms", d.as_secs_f64() * 1e3)
-    }
 }
 
 // ---- native equivalents of what the tools do -------------------------------
@@ -147,9 +136,12 @@ fn native_grep(root: &Path) -> Vec<String> {
     lines
 }
 
+/// A p50 and a p99.
+type P50P99 = (Duration, Duration);
+
 fn main() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench-fs-tree");
-    let t = Instant::now();
+    let t = std::time::Instant::now();
     generate_tree(&root).unwrap();
     let root = root.canonicalize().unwrap();
     eprintln!("tree ready in {:.1} s: {} files", t.elapsed().as_secs_f64(), DIRS * FILES_PER_DIR + 2);
@@ -157,60 +149,70 @@ fn main() {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let cache = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench-cache");
     let options = HostOptions { cache_dir: cache, allocator: Allocator::Pooling, ceilings: Default::default() };
-    let host = rt.block_on(PluginSet::with_plugins(&options, &[])).unwrap();
-    let rule = RuleSpec { target: root.clone(), permission: Permission::Write, recursive: true };
-    let pod = Arc::new(PodContext::new(
-        "bench",
-        root.clone(),
-        Scope::resolve(&[rule], &[], Path::new("/")).unwrap(),
-        CallLimits { output_max_bytes: OUTPUT_CAP, ..CallLimits::default() },
-    ));
-    let call = |tool: &str, input: serde_json::Value| {
+    let mut host = rt.block_on(PluginSet::with_plugins(&options, &[])).unwrap();
+    rt.block_on(host.add(PluginSource::from_file(&guest("probe")).unwrap())).unwrap();
+    let pod = pod_writing(&root, CallLimits { output_max_bytes: OUTPUT_CAP, ..CallLimits::default() });
+    let call = |tool: &str, input: &serde_json::Value| {
         let out = rt.block_on(host.call(&pod, tool, &input.to_string())).unwrap();
         std::hint::black_box(out)
     };
 
-    // `fs_tools profile TOOL INPUT_JSON N`: only that call, N times, for profiling.
     let args: Vec<String> = std::env::args().collect();
     if let Some(pos) = args.iter().position(|a| a == "profile") {
         let input: serde_json::Value = serde_json::from_str(&args[pos + 2]).unwrap();
         let n: usize = args[pos + 3].parse().unwrap();
-        let d = time(n, || call(&args[pos + 1], input.clone()));
-        println!("{} median {}", args[pos + 1], show(d));
+        let (p50, p99) = p50_p99(n, || call(&args[pos + 1], &input));
+        println!("{} p50 {} p99 {}", args[pos + 1], show(p50), show(p99));
         return;
     }
 
     // Both sides must agree before they are timed.
     let grep_input = json!({"pattern": format!("{NEEDLE}[0-9]+"), "output_mode": "content"});
-    let wasm_lines = call("Grep", grep_input.clone()).content.unwrap();
+    let wasm_lines = call("Grep", &grep_input).content.unwrap();
     assert_eq!(wasm_lines, native_grep(&root).join("\n"));
-    let wasm_glob = call("Glob", json!({"pattern": "**/*.rs"})).content.unwrap();
+    let glob_input = json!({"pattern": "**/*.rs"});
+    let wasm_glob = call("Glob", &glob_input).content.unwrap();
     assert_eq!(wasm_glob.lines().count(), native_glob(&root).len());
 
+    // The native side of a trivial call: nothing, sent to call threads of
+    // the same number and priority, and awaited.
+    let workers = Workers::start(std::thread::available_parallelism().map_or(2, |n| n.get())).unwrap();
     let big = root.join("big.txt");
     let small = root.join("small.txt");
-    let rows: Vec<(&str, Duration, Duration)> = vec![
+    let (read_small, read_big) = (json!({"file_path": small}), json!({"file_path": big}));
+    let (inst50, inst99) = rt.block_on(support::instantiate(Allocator::Pooling, 5000));
+    let rows: Vec<(&str, P50P99, Option<P50P99>)> = vec![
+        ("instantiate (probe, fresh store)", (inst50, inst99), None),
+        (
+            "trivial call end to end (native: an empty task through the call threads)",
+            p50_p99(5000, || call("Noop", &json!({}))),
+            Some(p50_p99(5000, || rt.block_on(workers.spawn(async {})).unwrap())),
+        ),
         (
             "Read small file (2 KB), end to end",
-            time(2000, || call("Read", json!({"file_path": small}))),
-            time(2000, || native_read(&small)),
+            p50_p99(2000, || call("Read", &read_small)),
+            Some(p50_p99(2000, || native_read(&small))),
         ),
-        ("Read 1 MB file", time(50, || call("Read", json!({"file_path": big}))), time(50, || native_read(&big))),
+        ("Read 1 MB file", p50_p99(50, || call("Read", &read_big)), Some(p50_p99(50, || native_read(&big)))),
         (
             "Grep content mode over the tree",
-            time(5, || call("Grep", grep_input.clone())),
-            time(5, || native_grep(&root)),
+            p50_p99(5, || call("Grep", &grep_input)),
+            Some(p50_p99(5, || native_grep(&root))),
         ),
         (
             "Glob **/*.rs over the tree",
-            time(5, || call("Glob", json!({"pattern": "**/*.rs"}))),
-            time(5, || native_glob(&root)),
+            p50_p99(5, || call("Glob", &glob_input)),
+            Some(p50_p99(5, || native_glob(&root))),
         ),
     ];
-    println!("\n## File tools: wasm component vs native ({} files, {} MB)\n", DIRS * FILES_PER_DIR + 2, 200);
-    println!("| operation | wasm (median) | native (median) | wasm / native |");
-    println!("|---|---|---|---|");
-    for (name, wasm, native) in rows {
-        println!("| {name} | {} | {} | {:.2}x |", show(wasm), show(native), wasm.as_secs_f64() / native.as_secs_f64());
+    println!("\n## Tool-call hot path: wasm vs native ({} files, {} MB in the tree)\n", DIRS * FILES_PER_DIR + 2, 200);
+    println!("| measure | wasm p50 | wasm p99 | native p50 | wasm / native (p50) |");
+    println!("|---|---|---|---|---|");
+    for (name, (p50, p99), native) in rows {
+        let (native, ratio) = match native {
+            Some((n50, _)) => (show(n50), format!("{:.2}x", p50.as_secs_f64() / n50.as_secs_f64())),
+            None => ("-".to_string(), "-".to_string()),
+        };
+        println!("| {name} | {} | {} | {native} | {ratio} |", show(p50), show(p99));
     }
 }
