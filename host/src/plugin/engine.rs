@@ -73,7 +73,7 @@ pub fn build_engine(allocator: Allocator) -> anyhow::Result<Engine> {
         // A table is reset by zeroing its used part instead of an madvise:
         // on a machine of several cores, each madvise of a multi-threaded
         // process interrupts the other cores to flush their TLBs. Trivial
-        // call p50 105-108 µs against 119-130 µs (`--bench hot_path`).
+        // call p50 97 µs against 104 µs (paired runs, performance.md).
         pool.table_keep_resident(TABLE_KEEP_RESIDENT);
         pool.total_stacks(POOL_COMPONENT_INSTANCES);
         pool.max_memory_size(MAX_MEMORY_BYTES);
