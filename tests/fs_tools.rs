@@ -444,6 +444,24 @@ async fn a_scope_directory_replaced_between_calls_is_opened_afresh() {
     assert_eq!(a.ok("Read", json!({"file_path": f})).await.content.as_deref(), Some("     1\tfourth"));
 }
 
+/// A pod's calls reuse the descriptors of its first call: calling on
+/// leaves no more of the sandbox's files open in the host.
+#[tokio::test]
+async fn calls_of_a_pod_leave_no_descriptors_behind() {
+    let a = Agent::new().await;
+    let f = a.sb.file("proj/a.txt", "x\n");
+    let open_files = || {
+        let entries = std::fs::read_dir("/proc/self/fd").unwrap();
+        entries.filter_map(|e| std::fs::read_link(e.ok()?.path()).ok()).filter(|t| t.starts_with(&a.sb.root)).count()
+    };
+    a.ok("Read", json!({"file_path": f})).await;
+    let after_first = open_files();
+    for _ in 0..50 {
+        a.ok("Read", json!({"file_path": f})).await;
+    }
+    assert!(open_files() <= after_first, "{} files open after 50 calls, {after_first} after one", open_files());
+}
+
 /// Writing through a hard link to a file outside the scope replaces the
 /// link (atomic rename) and never modifies the outside file.
 #[tokio::test]

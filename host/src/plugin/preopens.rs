@@ -184,3 +184,19 @@ impl Drop for Descriptors {
         HELD.fetch_sub(self.0, Ordering::AcqRel);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_descriptors_held_stay_within_the_budget() {
+        assert!(budget() > 0);
+        assert!(Descriptors::take(budget() + 1).is_none());
+        let before = HELD.load(Ordering::Acquire);
+        let held = Descriptors::take(1).expect("one descriptor fits");
+        assert!(HELD.load(Ordering::Acquire) >= 1);
+        drop(held);
+        assert!(HELD.load(Ordering::Acquire) <= before + 1);
+    }
+}
