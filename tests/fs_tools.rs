@@ -413,9 +413,9 @@ async fn symlink_swapped_in_between_read_and_write() {
 }
 
 /// A pod's calls share the descriptors of its scope's directories, but a
-/// directory deleted and made again, moved away, or swapped for a link to
-/// outside is noticed: the next call works in what the path names now, or,
-/// for a link, reaches nothing until a directory is back.
+/// directory deleted and made again, moved away, or swapped for a link (to
+/// itself moved, or to outside) is noticed: the next call works in what the
+/// path names now, or, for a link, reaches nothing until a directory is back.
 #[tokio::test]
 async fn a_scope_directory_replaced_between_calls_is_opened_afresh() {
     let a = Agent::new().await;
@@ -431,7 +431,15 @@ async fn a_scope_directory_replaced_between_calls_is_opened_afresh() {
     a.sb.file("proj/a.txt", "third\n");
     assert_eq!(a.ok("Read", json!({"file_path": f})).await.content.as_deref(), Some("     1\tthird"));
 
+    // A link to the very directory the pod had: links are not followed
+    // into a scope, so it reaches nothing either.
     std::fs::rename(a.sb.root.join("proj"), a.sb.root.join("moved-again")).unwrap();
+    symlink(a.sb.root.join("moved-again"), a.sb.root.join("proj")).unwrap();
+    a.err("Read", json!({"file_path": f})).await;
+    a.err("Write", json!({"file_path": a.p("proj/planted.txt"), "content": "x"})).await;
+    assert!(!a.sb.root.join("moved-again/planted.txt").exists());
+
+    std::fs::remove_file(a.sb.root.join("proj")).unwrap();
     symlink(a.sb.root.join("outside"), a.sb.root.join("proj")).unwrap();
     let e = a.err("Read", json!({"file_path": a.p("proj/secret.txt")})).await;
     assert!(!e.message.contains("outside data"), "{e}");

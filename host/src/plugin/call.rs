@@ -191,6 +191,11 @@ pub async fn with_fresh_instance<R>(
     result.map_err(|e| classify_fault(label, &e, &limits, store.data().limiter.hit, &stderr))
 }
 
+/// WASI file calls run on the calling thread (the call threads are there
+/// for it) instead of hopping to a blocking pool; the shared preopens are
+/// built with the same setting.
+pub(super) const FILE_CALLS_INLINE: bool = true;
+
 /// The WASI context of a call: the pod's scope as preopens (opened once per
 /// pod and plugin, see [`super::preopens`]), stdio captured,
 /// and what the plugin was granted (environment variables, its data
@@ -198,7 +203,7 @@ pub async fn with_fresh_instance<R>(
 fn wasi_context(pod: &PodContext, plugin: &Arc<str>, stdout: &Capture, stderr: &Capture) -> WasiCtx {
     let mut builder = WasiCtxBuilder::new();
     builder
-        .allow_blocking_current_thread(true)
+        .allow_blocking_current_thread(FILE_CALLS_INLINE)
         .stdout(stdout.clone())
         .stderr(stderr.clone())
         .allow_tcp(false)
@@ -222,7 +227,7 @@ fn wasi_context(pod: &PodContext, plugin: &Arc<str>, stdout: &Capture, stderr: &
     }
     let extra = Extra { plugin, data_dir: granted.and_then(|g| g.data_dir.as_deref()), pod: &pod.name };
     let mut wasi = builder.build();
-    *wasi.filesystem() = pod.preopens.filesystem(&pod.scope(), &extra);
+    *wasi.filesystem() = pod.preopens.filesystem(&pod.scope(), || pod.scope(), &extra);
     wasi
 }
 

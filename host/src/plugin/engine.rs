@@ -103,6 +103,9 @@ pub struct EpochTicker {
 struct TickerState {
     /// Calls running now.
     active: AtomicUsize,
+    /// Calls started so far (a call that begins and ends between two ticks
+    /// still counts as activity).
+    started: AtomicUsize,
     stop: AtomicBool,
 }
 
@@ -120,18 +123,25 @@ impl Drop for Ticking {
 impl EpochTicker {
     /// Starts the ticker thread for `engine`.
     pub fn start(engine: Engine) -> EpochTicker {
-        let state = Arc::new(TickerState { active: AtomicUsize::new(0), stop: AtomicBool::new(false) });
+        let state = Arc::new(TickerState {
+            active: AtomicUsize::new(0),
+            started: AtomicUsize::new(0),
+            stop: AtomicBool::new(false),
+        });
         let ticker = state.clone();
         let thread = std::thread::Builder::new()
             .name("yoi-epoch".into())
             .spawn(move || {
-                // Ticks in a row with no call running.
+                // Ticks in a row with no call running or started.
                 let mut idle = 0;
+                let mut seen = 0;
                 while !ticker.stop.load(Ordering::Acquire) {
-                    if ticker.active.load(Ordering::Acquire) == 0 {
-                        idle += 1;
-                    } else {
+                    let started = ticker.started.load(Ordering::Acquire);
+                    if ticker.active.load(Ordering::Acquire) > 0 || started != seen {
                         idle = 0;
+                        seen = started;
+                    } else {
+                        idle += 1;
                     }
                     if idle > TICKER_LINGER_TICKS {
                         // Woken by the next call (or the stop); a spurious
@@ -149,6 +159,7 @@ impl EpochTicker {
 
     /// Marks a call as running until the returned guard drops.
     pub fn running(&self) -> Ticking {
+        self.state.started.fetch_add(1, Ordering::AcqRel);
         if self.state.active.fetch_add(1, Ordering::AcqRel) == 0
             && let Some(thread) = &self.thread
         {
