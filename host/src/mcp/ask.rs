@@ -235,7 +235,8 @@ async fn from_log(pod: &PodHandle) -> Result<Ended, String> {
             break;
         }
     }
-    Ok((outcome.unwrap_or(Outcome::Failed), answer.unwrap_or_default(), None))
+    let outcome = outcome.ok_or("the run's events were missed and its end is not in the session log")?;
+    Ok((outcome, answer.unwrap_or_default(), None))
 }
 
 fn refusal(code: ErrorCode, message: &str) -> CallToolResult {

@@ -25,9 +25,8 @@ pub enum Allocator {
     OnDemand,
 }
 
-/// How many bytes of each table stay resident between instances (the most
-/// any table may have: `table_elements` of 8 bytes).
-const TABLE_KEEP_RESIDENT: usize = 100_000 * 8;
+/// Most elements of one table.
+const TABLE_ELEMENTS: usize = 100_000;
 
 /// How long the epoch keeps ticking after the last call ends, in ticks:
 /// calls that follow one another then never wait for the ticker thread to
@@ -58,7 +57,7 @@ pub fn build_engine(allocator: Allocator) -> anyhow::Result<Engine> {
         pool.max_memories_per_module(1);
         pool.total_tables(POOL_COMPONENT_INSTANCES * 16);
         pool.max_tables_per_component(64);
-        pool.table_elements(TABLE_KEEP_RESIDENT / 8);
+        pool.table_elements(TABLE_ELEMENTS);
         // Each call gives its memory back itself. Batching (one madvise per
         // 16 finished calls) made the trivial call faster alone (p50 32 µs
         // against 37 µs), but the call that completed a batch paid for the
@@ -74,7 +73,8 @@ pub fn build_engine(allocator: Allocator) -> anyhow::Result<Engine> {
         // on a machine of several cores, each madvise of a multi-threaded
         // process interrupts the other cores to flush their TLBs. Trivial
         // call p50 97 µs against 104 µs (paired runs, performance.md).
-        pool.table_keep_resident(TABLE_KEEP_RESIDENT);
+        // All of a table may stay resident (elements of 8 bytes).
+        pool.table_keep_resident(TABLE_ELEMENTS * 8);
         pool.total_stacks(POOL_COMPONENT_INSTANCES);
         pool.max_memory_size(MAX_MEMORY_BYTES);
         pool.max_core_instance_size(4 << 20);

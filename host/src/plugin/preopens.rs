@@ -146,45 +146,45 @@ impl Preopens {
 fn open(scope: &Scope, extra: &Extra<'_>) -> (WasiFilesystemCtx, Vec<DirId>, bool) {
     let mut builder = WasiCtxBuilder::new();
     builder.allow_blocking_current_thread(super::call::FILE_CALLS_INLINE);
+    let in_scope = scope.preopens().into_iter().map(|p| {
+        let perms = if p.writable { FsPerms::ReadWrite } else { FsPerms::ReadOnly };
+        (p.dir, perms, true)
+    });
+    // The host made the data directory: its path is followed as given.
+    let data_dir = extra.data_dir.map(|d| (d.to_path_buf(), FsPerms::ReadWrite, false));
     let mut dirs = Vec::new();
     let mut complete = true;
-    for preopen in scope.preopens() {
-        let perms = if preopen.writable { FsPerms::ReadWrite } else { FsPerms::ReadOnly };
-        let guest_path = preopen.dir.to_string_lossy().into_owned();
-        let opened = crate::os::open_dir_no_symlinks(&preopen.dir).map_err(wasmtime::Error::new).and_then(|fd| {
-            let meta = rustix::fs::fstat(&fd).map_err(|e| wasmtime::Error::new(std::io::Error::from(e)))?;
-            let by_descriptor = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&fd));
-            builder.preopened_dir(by_descriptor, guest_path, perms)?;
-            Ok(DirId { path: preopen.dir.clone(), dev: meta.st_dev, ino: meta.st_ino })
-        });
-        match opened {
+    for (dir, perms, scope_dir) in in_scope.chain(data_dir) {
+        let fd = if scope_dir {
+            crate::os::open_dir_no_symlinks(&dir)
+        } else {
+            std::fs::File::open(&dir).map(std::os::fd::OwnedFd::from)
+        };
+        match fd.map_err(wasmtime::Error::new).and_then(|fd| hand_over(&mut builder, &fd, &dir, perms)) {
             Ok(id) => dirs.push(id),
             Err(e) => {
                 complete = false;
-                tracing::warn!(pod = %extra.pod, dir = %preopen.dir.display(), "scope directory left out of the call: {e:?}")
-            }
-        }
-    }
-    if let Some(dir) = extra.data_dir {
-        // The host made this directory; its path is followed as given, and
-        // the directory opened is the one recorded and handed over.
-        let guest_path = dir.to_string_lossy().into_owned();
-        let opened = std::fs::File::open(dir).map_err(wasmtime::Error::new).and_then(|file| {
-            let meta = file.metadata().map_err(wasmtime::Error::new)?;
-            let by_descriptor = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&file));
-            builder.preopened_dir(by_descriptor, guest_path, FsPerms::ReadWrite)?;
-            Ok(DirId { path: dir.to_path_buf(), dev: meta.dev(), ino: meta.ino() })
-        });
-        match opened {
-            Ok(id) => dirs.push(id),
-            Err(e) => {
-                complete = false;
-                tracing::warn!(pod = %extra.pod, plugin = %extra.plugin, "data directory left out of the call: {e:?}")
+                tracing::warn!(pod = %extra.pod, plugin = %extra.plugin, dir = %dir.display(), "directory left out of the call: {e:?}");
             }
         }
     }
     let mut wasi = builder.build();
     (wasi.filesystem().clone(), dirs, complete)
+}
+
+/// Preopens the directory open as `fd` under its own path, handed to
+/// wasmtime as that very directory (by its entry in `/proc/self/fd`), and
+/// returns its identity.
+fn hand_over(
+    builder: &mut WasiCtxBuilder,
+    fd: &std::os::fd::OwnedFd,
+    dir: &Path,
+    perms: FsPerms,
+) -> wasmtime::Result<DirId> {
+    let meta = rustix::fs::fstat(fd).map_err(|e| wasmtime::Error::new(std::io::Error::from(e)))?;
+    let by_descriptor = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(fd));
+    builder.preopened_dir(by_descriptor, dir.to_string_lossy(), perms)?;
+    Ok(DirId { path: dir.to_path_buf(), dev: meta.st_dev, ino: meta.st_ino })
 }
 
 /// The descriptors held for preopens between calls, across the process.
