@@ -109,6 +109,33 @@ async fn read_edge_cases_have_their_own_errors() {
 }
 
 #[tokio::test]
+async fn a_file_of_many_read_chunks_pages_and_edits_like_a_small_one() {
+    let a = Agent::new().await;
+    // About 1.2 MB: several of the pieces Read takes at a time, with
+    // multi-byte characters on every line (so some straddle a piece's end),
+    // CRLF line ends and no final newline.
+    let lines: Vec<String> = (1..=40_000).map(|i| format!("row {i:05} ééé ✓ {}", "x".repeat(i % 7))).collect();
+    let body = lines.join("\r\n");
+    let f = a.sb.file("proj/many.txt", &body);
+    // A window of 300 lines around the end of the first 256 KiB piece.
+    let boundary = body.as_bytes()[..256 << 10].iter().filter(|&&b| b == b'\n').count();
+    let offset = boundary - 150;
+    let window = a.ok("Read", json!({"file_path": f, "offset": offset, "limit": 300})).await;
+    let expected = format!("Read 300 lines [{}..{}] of 40000", offset + 1, offset + 300);
+    assert!(window.summary.starts_with(&expected), "{}", window.summary);
+    let shown: Vec<&str> = window.content.as_deref().unwrap().split('\n').collect();
+    assert_eq!(shown.len(), 300);
+    for (i, line) in shown.iter().enumerate() {
+        assert_eq!(*line, format!("{:6}\t{}", offset + 1 + i, lines[offset + i]));
+    }
+    let last = a.ok("Read", json!({"file_path": f, "offset": 39_999})).await;
+    assert_eq!(last.content.unwrap(), format!(" 40000\t{}", lines[39_999]));
+    // The hash taken piece by piece is the one Edit checks against.
+    a.ok("Edit", json!({"file_path": f, "old_string": "row 39999 ", "new_string": "ROW 39999 "})).await;
+    assert!(a.sb.read("proj/many.txt").unwrap().contains("ROW 39999 ééé"));
+}
+
+#[tokio::test]
 async fn long_output_is_cut_at_the_pod_cap() {
     let a = Agent::new().await;
     let big: String = (0..5000).map(|i| format!("line number {i} ééé\n")).collect();

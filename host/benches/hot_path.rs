@@ -86,15 +86,30 @@ fn generate_tree(root: &Path) -> io::Result<()> {
 
 // ---- native equivalents of what the tools do -------------------------------
 
+/// Read's own line code (`plugins/fs-tools/src/lines.rs`), compiled natively.
+#[path = "../../plugins/fs-tools/src/lines.rs"]
+// Its unit tests run in the plugin workspace.
+#[allow(dead_code, unused_imports)]
+mod lines;
+
+/// What Read does, natively: the file in chunks of the same size, hashed
+/// for the read tracker, its default window numbered by the same code.
 fn native_read(path: &Path) -> String {
-    let bytes = std::fs::read(path).unwrap();
-    std::hint::black_box(xxhash_rust::xxh3::xxh3_128(&bytes));
-    let text = String::from_utf8_lossy(&bytes);
-    let mut out = String::new();
-    for (i, line) in text.split('\n').take(2000).enumerate() {
-        out.push_str(&format!("{:6}\t{}\n", i + 1, line));
+    use std::io::Read;
+    let mut file = std::fs::File::open(path).unwrap();
+    let mut chunk = vec![0; 256 << 10];
+    let mut seen = xxhash_rust::xxh3::Xxh3::new();
+    let mut window = lines::Window::new(0, 2000);
+    loop {
+        let n = file.read(&mut chunk).unwrap();
+        if n == 0 {
+            break;
+        }
+        seen.update(&chunk[..n]);
+        window.feed(&chunk[..n]);
     }
-    truncate(&out, OUTPUT_CAP)
+    std::hint::black_box(seen.digest128());
+    truncate(&window.finish().text, OUTPUT_CAP)
 }
 
 fn native_glob(root: &Path) -> Vec<PathBuf> {
@@ -173,6 +188,8 @@ fn main() {
     let glob_input = json!({"pattern": "**/*.rs"});
     let wasm_glob = call("Glob", &glob_input).content.unwrap();
     assert_eq!(wasm_glob.lines().count(), native_glob(&root).len());
+    let wasm_read = call("Read", &json!({"file_path": root.join("big.txt")})).content.unwrap();
+    assert_eq!(wasm_read, native_read(&root.join("big.txt")));
 
     // The native side of a trivial call: nothing, sent to call threads of
     // the same number and priority, and awaited.

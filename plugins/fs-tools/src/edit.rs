@@ -4,9 +4,10 @@ use serde::Deserialize;
 use yoi_plugin_sdk::{ToolError, ToolOutput, parse_input};
 use yoi_scope_rules::Access;
 
+use crate::lines::Numbered;
 use crate::scope::{Context, io_error};
 use crate::write::atomic_write;
-use crate::{numbered, tracker, wasi_fs};
+use crate::{tracker, wasi_fs};
 
 /// Lines of context shown around the change.
 const CONTEXT_LINES: usize = 3;
@@ -78,6 +79,9 @@ fn snippet(text: &str, at: usize, len: usize) -> String {
     let last_line = first_line + text[at..at + len].matches('\n').count();
     let start = first_line.saturating_sub(CONTEXT_LINES);
     let end = last_line + CONTEXT_LINES;
-    let lines = text.split('\n').map(|l| l.strip_suffix('\r').unwrap_or(l));
-    numbered(start + 1, lines.skip(start).take(end - start + 1))
+    let mut shown = Numbered::new(start + 1);
+    for line in text.split('\n').skip(start).take(end - start + 1) {
+        shown.push(line.as_bytes());
+    }
+    shown.into_text()
 }

@@ -11,6 +11,7 @@
 mod edit;
 mod glob;
 mod grep;
+mod lines;
 mod read;
 mod scope;
 mod tracker;
@@ -129,16 +130,6 @@ impl Guest for FsTools {
 /// `1 line`, `2 lines`.
 pub(crate) fn plural(n: usize, noun: &str) -> String {
     if n == 1 { format!("1 {noun}") } else { format!("{n} {noun}s") }
-}
-
-/// Numbers `lines` from `first` (1-based) the way Read shows them.
-pub(crate) fn numbered<'a>(first: usize, lines: impl Iterator<Item = &'a str>) -> String {
-    let mut out = String::new();
-    for (i, line) in lines.enumerate() {
-        out.push_str(&format!("{:6}\t{}\n", first + i, line));
-    }
-    out.pop();
-    out
 }
 
 yoi_plugin_sdk::export_plugin!(FsTools);

@@ -6,7 +6,7 @@
 
 use std::path::Path;
 
-use xxhash_rust::xxh3::xxh3_128;
+use xxhash_rust::xxh3::{Xxh3, xxh3_128};
 use yoi_plugin_sdk::{ToolError, log, state};
 
 fn key(path: &Path) -> String {
@@ -15,8 +15,30 @@ fn key(path: &Path) -> String {
 
 /// Remembers that the pod has seen `content` at `path`.
 pub fn record(path: &Path, content: &[u8]) {
-    let hash = xxh3_128(content).to_le_bytes();
-    if let Err(e) = state::set(&key(path), &hash) {
+    store(path, xxh3_128(content));
+}
+
+/// A file's content hashed as it is read, a chunk at a time.
+pub struct Seen(Xxh3);
+
+impl Seen {
+    pub fn new() -> Seen {
+        Seen(Xxh3::new())
+    }
+
+    /// The next bytes of the file.
+    pub fn update(&mut self, chunk: &[u8]) {
+        self.0.update(chunk);
+    }
+
+    /// Remembers that the pod has seen what was fed in at `path`.
+    pub fn record(self, path: &Path) {
+        store(path, self.0.digest128());
+    }
+}
+
+fn store(path: &Path, hash: u128) {
+    if let Err(e) = state::set(&key(path), &hash.to_le_bytes()) {
         // The model will be asked to read the file again; nothing is lost.
         log::log(log::Level::Warn, &format!("cannot record read of {}: {e}", path.display()));
     }

@@ -20,6 +20,9 @@ use wasip2::filesystem::types::{Descriptor, DescriptorFlags, DescriptorType, Err
 
 /// Largest read asked of the host at once.
 const CHUNK: u64 = 4 << 20;
+/// Largest read asked of the host by a reader that keeps little of the
+/// file: the memory a call touches is what it pays for in page faults.
+const STREAM_CHUNK: u64 = 256 << 10;
 
 thread_local! {
     // Each call runs in a fresh instance, so this lives for one call.
@@ -64,12 +67,27 @@ impl OpenFile {
     /// The whole content.
     pub fn read_all(&self) -> io::Result<Vec<u8>> {
         let mut out = Vec::with_capacity(self.size as usize);
+        self.read_in(CHUNK, |chunk| out.extend_from_slice(chunk))?;
+        Ok(out)
+    }
+
+    /// The content a piece at a time, for a reader that keeps little of it.
+    pub fn read_chunks(&self, f: impl FnMut(&[u8])) -> io::Result<()> {
+        self.read_in(STREAM_CHUNK, f)
+    }
+
+    /// Calls `f` with the content from the start, in pieces of at most
+    /// `most` bytes, up to the size the file had when opened (to the end,
+    /// for a file whose size says nothing, such as a pipe).
+    fn read_in(&self, most: u64, mut f: impl FnMut(&[u8])) -> io::Result<()> {
+        let mut at = 0;
         loop {
-            let want = CHUNK.min((self.size.saturating_sub(out.len() as u64)).max(64 * 1024));
-            let (chunk, end) = self.file.read(want, out.len() as u64).map_err(to_io)?;
-            out.extend_from_slice(&chunk);
-            if end || chunk.is_empty() {
-                return Ok(out);
+            let want = most.min(self.size.saturating_sub(at).max(64 * 1024));
+            let (chunk, end) = self.file.read(want, at).map_err(to_io)?;
+            at += chunk.len() as u64;
+            f(&chunk);
+            if end || chunk.is_empty() || (self.size > 0 && at >= self.size) {
+                return Ok(());
             }
         }
     }
