@@ -5,10 +5,10 @@
 //! this layer adds the rules preopens cannot express (deny rules inside an
 //! allowed tree, non-recursive rules) by judging the *canonical* path with
 //! the same rule code the host uses. Canonicalization happens here, inside
-//! the sandbox: each component is looked at with `symlink_metadata`, links
-//! are followed by hand (at most 40), and `..` is applied to the real
-//! directory reached so far, so no spelling of a path lands anywhere but
-//! where the filesystem says it does.
+//! the sandbox: each component is looked at through its preopen (`stat-at`
+//! without following a final link), links are followed by hand (at most
+//! 40), and `..` is applied to the real directory reached so far, so no
+//! spelling of a path lands anywhere but where the filesystem says it does.
 
 use std::collections::VecDeque;
 use std::ffi::OsString;
@@ -17,6 +17,8 @@ use std::path::{Component, Path, PathBuf};
 
 use yoi_plugin_sdk::{ToolError, context};
 use yoi_scope_rules::{Access, Permission, Rule, Rules};
+
+use crate::wasi_fs;
 
 /// Longest path accepted from the model, in bytes (Linux's PATH_MAX).
 const MAX_PATH_BYTES: usize = 4096;
@@ -152,13 +154,13 @@ impl Context {
                 out = candidate;
                 continue;
             }
-            match std::fs::symlink_metadata(&candidate) {
-                Ok(meta) if meta.file_type().is_symlink() => {
+            match wasi_fs::is_symlink(&candidate) {
+                Ok(true) => {
                     links += 1;
                     if links > MAX_LINKS {
                         return Err(ToolError::Failed(format!("{path}: too many levels of symbolic links")));
                     }
-                    let target = std::fs::read_link(&candidate).map_err(|e| io_error(path, e))?;
+                    let target = wasi_fs::read_link(&candidate).map_err(|e| io_error(path, e))?;
                     if target.is_absolute() {
                         out = PathBuf::from("/");
                     }
@@ -166,7 +168,7 @@ impl Context {
                         pending.push_front(p);
                     }
                 }
-                Ok(_) => out = candidate,
+                Ok(false) => out = candidate,
                 Err(e) if e.kind() == io::ErrorKind::NotFound || e.kind() == io::ErrorKind::PermissionDenied => {
                     // Nothing there (or nothing this sandbox can see): the
                     // rest names what would be created.
