@@ -136,6 +136,21 @@ async fn a_file_of_many_read_chunks_pages_and_edits_like_a_small_one() {
 }
 
 #[tokio::test]
+async fn a_file_larger_than_the_memory_cap_can_still_be_read() {
+    let a = Agent::new().await;
+    let limits = CallLimits { memory_bytes: 16 << 20, ..CallLimits::default() };
+    let pod = pod(&[rule(&a.sb.root.join("proj"), Write)], &[], limits);
+    // 48 MB of log: three times what the call's memory may hold.
+    let line = format!("{}\n", "log entry ".repeat(9));
+    let f = a.sb.file("proj/huge.log", &line.repeat(480_000));
+    let input = json!({"file_path": f, "offset": 200_000, "limit": 2}).to_string();
+    let out = a.host.call(&pod, "Read", &input).await.unwrap_or_else(|e| panic!("{e}"));
+    assert!(out.summary.starts_with("Read 2 lines [200001..200002] of 480000"), "{}", out.summary);
+    let line = line.strip_suffix('\n').unwrap();
+    assert_eq!(out.content.unwrap(), format!("200001\t{line}\n200002\t{line}"));
+}
+
+#[tokio::test]
 async fn long_output_is_cut_at_the_pod_cap() {
     let a = Agent::new().await;
     let big: String = (0..5000).map(|i| format!("line number {i} ééé\n")).collect();
