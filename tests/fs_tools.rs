@@ -65,6 +65,11 @@ impl Agent {
     }
 }
 
+/// Read's line code, compiled natively so that its unit tests run here
+/// (building the whole plugin natively just for them would cost CI a minute).
+#[path = "../plugins/fs-tools/src/lines.rs"]
+mod lines;
+
 fn ten_lines() -> String {
     (1..=10).map(|i| format!("line {i}\n")).collect()
 }

@@ -88,7 +88,7 @@ fn generate_tree(root: &Path) -> io::Result<()> {
 
 /// Read's own line code (`plugins/fs-tools/src/lines.rs`), compiled natively.
 #[path = "../../plugins/fs-tools/src/lines.rs"]
-// Its unit tests run in the plugin workspace.
+// Its unit tests run in tests/fs_tools.rs.
 #[allow(dead_code, unused_imports)]
 mod lines;
 

@@ -14,20 +14,20 @@ pub const MAX_LINE_CHARS: usize = 2000;
 /// Lines numbered `   N<TAB>text`, joined by newlines.
 pub struct Numbered {
     out: String,
+    first: usize,
     next: usize,
-    shown: usize,
 }
 
 impl Numbered {
     /// Numbering starts at `first` (1-based).
     pub fn new(first: usize) -> Numbered {
-        Numbered { out: String::new(), next: first, shown: 0 }
+        Numbered { out: String::new(), first, next: first }
     }
 
     /// Adds one line (without its `\n`); a `\r` before the end is dropped,
     /// bytes that are not UTF-8 become U+FFFD, a long line is cut.
     pub fn push(&mut self, line: &[u8]) {
-        if self.shown > 0 {
+        if !self.out.is_empty() {
             self.out.push('\n');
         }
         push_number(&mut self.out, self.next);
@@ -38,12 +38,11 @@ impl Numbered {
             Err(_) => push_cut(&mut self.out, &String::from_utf8_lossy(line)),
         }
         self.next += 1;
-        self.shown += 1;
     }
 
     /// Lines added so far.
     pub fn shown(&self) -> usize {
-        self.shown
+        self.next - self.first
     }
 
     /// The text.
@@ -93,9 +92,8 @@ pub struct Window {
     line: usize,
     /// The part of a line in the window seen before its chunk ended.
     partial: Vec<u8>,
-    /// Whether any byte came, and whether the last one was a newline.
-    any: bool,
-    ends_with_newline: bool,
+    /// The last byte fed in, if any.
+    last: Option<u8>,
     shown: Numbered,
 }
 
@@ -116,8 +114,7 @@ impl Window {
             end: skip.saturating_add(take),
             line: 0,
             partial: Vec::new(),
-            any: false,
-            ends_with_newline: false,
+            last: None,
             shown: Numbered::new(skip + 1),
         }
     }
@@ -129,8 +126,7 @@ impl Window {
     /// The next bytes of the file.
     pub fn feed(&mut self, mut chunk: &[u8]) {
         let Some(&last) = chunk.last() else { return };
-        self.any = true;
-        self.ends_with_newline = last == b'\n';
+        self.last = Some(last);
         while self.line < self.end {
             let Some(at) = memchr::memchr(b'\n', chunk) else {
                 if self.wanted() {
@@ -157,7 +153,7 @@ impl Window {
     /// The window and the file's line count.
     pub fn finish(mut self) -> Found {
         // A last line without a newline.
-        if self.any && !self.ends_with_newline {
+        if self.last.is_some_and(|b| b != b'\n') {
             if self.wanted() {
                 self.shown.push(&self.partial);
             }
