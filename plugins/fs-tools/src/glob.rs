@@ -49,22 +49,21 @@ pub fn run(ctx: &Context, input: &str) -> Result<ToolOutput, ToolError> {
         .compile_matcher();
 
     let rules = &ctx.rules;
-    let mut found: Vec<(SystemTime, PathBuf)> = Vec::new();
+    let mut found: Vec<(SystemTime, String)> = Vec::new();
     // Walks skip .git directories and those the rules leave nothing readable in.
     let enter = |dir: &Path| dir.file_name().is_none_or(|n| n != ".git") && rules.worth_entering(dir);
-    wasi_fs::walk_files(&root, &enter, &mut |path, modified| {
-        if let Ok(rel) = path.strip_prefix(&root)
-            && matcher.is_match(rel)
-            && rules.access(path) >= Access::Read
-        {
-            found.push((modified(), path.to_path_buf()));
+    wasi_fs::walk_files(&root, &enter, &mut |file| {
+        if matcher.is_match(file.relative) && rules.access(Path::new(file.path)) >= Access::Read {
+            found.push((file.modified(), file.path.to_string()));
         }
     })
     .map_err(|e| io_error(root.display(), e))?;
-    found.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
+    // Newest first; equal times in path order (component by component, as
+    // `Path` orders them: a separator sorts before any other byte).
+    found.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| path_order(&a.1).cmp(path_order(&b.1))));
     let total = found.len();
     found.truncate(MAX_RESULTS);
-    let listing: Vec<String> = found.iter().map(|(_, p)| p.display().to_string()).collect();
+    let listing: Vec<&str> = found.iter().map(|(_, p)| p.as_str()).collect();
     let cut = if total > MAX_RESULTS {
         format!(" (showing the {MAX_RESULTS} newest; narrow the pattern or path)")
     } else {
@@ -79,4 +78,10 @@ pub fn run(ctx: &Context, input: &str) -> Result<ToolOutput, ToolError> {
         ),
         content: (!listing.is_empty()).then(|| listing.join("\n")),
     })
+}
+
+/// The bytes of a path ordered as `Path` orders paths, component by
+/// component: a separator sorts before any other byte.
+fn path_order(path: &str) -> impl Iterator<Item = u8> + '_ {
+    path.bytes().map(|b| if b == b'/' { 0 } else { b })
 }

@@ -16,7 +16,7 @@ use std::io;
 use std::path::{Component, Path, PathBuf};
 
 use yoi_plugin_sdk::{ToolError, context};
-use yoi_scope_rules::{Access, Permission, Rule, Rules};
+use yoi_scope_rules::{Access, Permission, Rule, Rules, is_within};
 
 use crate::wasi_fs;
 
@@ -121,7 +121,7 @@ impl Context {
     /// are outside every preopen, so the sandbox cannot look at them, and
     /// their real form is known from the canonical rule targets.
     fn above_a_root(&self, dir: &Path) -> bool {
-        self.rules.allow.iter().any(|r| r.target != dir && r.target.starts_with(dir))
+        self.rules.allow.iter().any(|r| r.target != dir && is_within(&r.target, dir))
     }
 
     fn canonicalize(&self, what: &str, path: &str) -> Result<PathBuf, ToolError> {

@@ -17,6 +17,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use wasip2::filesystem::preopens::get_directories;
 use wasip2::filesystem::types::{Descriptor, DescriptorFlags, DescriptorType, ErrorCode, OpenFlags, PathFlags};
+use yoi_scope_rules::relative;
 
 /// Largest read asked of the host at once.
 const CHUNK: u64 = 4 << 20;
@@ -35,14 +36,13 @@ thread_local! {
 /// Runs `f` with the preopen that holds `path` and the path relative to it.
 fn with_dir<R>(path: &Path, f: impl FnOnce(&Descriptor, &str) -> io::Result<R>) -> io::Result<R> {
     PREOPENS.with(|preopens| {
-        let (dir, root) = preopens
+        let (dir, rel) = preopens
             .iter()
-            .filter(|(_, root)| path.starts_with(root))
-            .max_by_key(|(_, root)| root.as_os_str().len())
+            .filter_map(|(dir, root)| Some((dir, root, relative(path, root)?)))
+            .max_by_key(|(_, root, _)| root.as_os_str().len())
+            .map(|(dir, _, rel)| (dir, rel))
             .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "not under any preopened directory"))?;
-        let rel = path.strip_prefix(root).unwrap_or(Path::new(""));
-        let rel = if rel.as_os_str().is_empty() { "." } else { rel.to_str().unwrap_or(".") };
-        f(dir, rel)
+        f(dir, if rel.is_empty() { "." } else { rel })
     })
 }
 
@@ -131,55 +131,83 @@ pub fn write_new(path: &Path, content: &[u8]) -> io::Result<()> {
     Ok(())
 }
 
+/// A file met by [`walk_files`].
+pub struct Walked<'a> {
+    /// Its absolute path.
+    pub path: &'a str,
+    /// Its path relative to the walk's root.
+    pub relative: &'a str,
+    dir: &'a Descriptor,
+    name: &'a str,
+}
+
+impl Walked<'_> {
+    /// Its modification time (the epoch if it cannot be read), asked of the
+    /// host only when wanted.
+    pub fn modified(&self) -> SystemTime {
+        self.dir
+            .stat_at(PathFlags::empty(), self.name)
+            .ok()
+            .and_then(|s| s.data_modification_timestamp)
+            .map_or(UNIX_EPOCH, |t| UNIX_EPOCH + Duration::new(t.seconds, t.nanoseconds))
+    }
+}
+
 /// Walks the tree below the directory `root` without following symlinks,
-/// calling `on_file` with each regular file or symlink and a function that
-/// gives its modification time (asked only when needed). Directories are
+/// calling `on_file` with each regular file or symlink. Directories are
 /// entered when `enter` says so; unreadable ones are skipped.
 ///
 /// Unlike std's `read_dir`, which looks up every entry's inode, this reads
-/// each directory once and stats only the files asked about.
-pub fn walk_files(
-    root: &Path,
-    enter: &dyn Fn(&Path) -> bool,
-    on_file: &mut dyn FnMut(&Path, &dyn Fn() -> SystemTime),
-) -> io::Result<()> {
+/// each directory once and stats only the files asked about. One path
+/// buffer grows and shrinks as the walk goes, so an entry costs no
+/// allocation and no path parsing.
+pub fn walk_files(root: &Path, enter: &dyn Fn(&Path) -> bool, on_file: &mut dyn FnMut(&Walked)) -> io::Result<()> {
     let dir = with_dir(root, |dir, rel| {
         dir.open_at(PathFlags::empty(), rel, OpenFlags::DIRECTORY, DescriptorFlags::READ).map_err(to_io)
     })?;
-    walk_dir(&dir, root, enter, on_file)
+    let mut path = root.to_str().ok_or_else(|| io::Error::other("the path is not UTF-8"))?.to_string();
+    let relative_from = if path.ends_with('/') { path.len() } else { path.len() + 1 };
+    walk_dir(&dir, &mut path, relative_from, enter, on_file)
 }
 
 fn walk_dir(
     dir: &Descriptor,
-    path: &Path,
+    path: &mut String,
+    relative_from: usize,
     enter: &dyn Fn(&Path) -> bool,
-    on_file: &mut dyn FnMut(&Path, &dyn Fn() -> SystemTime),
+    on_file: &mut dyn FnMut(&Walked),
 ) -> io::Result<()> {
+    let at = path.len();
     let mut subdirs = Vec::new();
     let entries = dir.read_directory().map_err(to_io)?;
     while let Some(entry) = entries.read_directory_entry().map_err(to_io)? {
-        let child = path.join(&entry.name);
+        push_name(path, at, &entry.name);
         match entry.type_ {
-            DescriptorType::Directory if enter(&child) => subdirs.push((entry.name, child)),
+            DescriptorType::Directory if enter(Path::new(path.as_str())) => subdirs.push(entry.name),
             DescriptorType::RegularFile | DescriptorType::SymbolicLink => {
-                let modified = || {
-                    dir.stat_at(PathFlags::empty(), &entry.name)
-                        .ok()
-                        .and_then(|s| s.data_modification_timestamp)
-                        .map_or(UNIX_EPOCH, |t| UNIX_EPOCH + Duration::new(t.seconds, t.nanoseconds))
-                };
-                on_file(&child, &modified);
+                on_file(&Walked { path, relative: &path[relative_from..], dir, name: &entry.name })
             }
             _ => {}
         }
     }
     drop(entries);
-    for (name, child) in subdirs {
+    for name in subdirs {
         if let Ok(sub) = dir.open_at(PathFlags::empty(), &name, OpenFlags::DIRECTORY, DescriptorFlags::READ) {
-            walk_dir(&sub, &child, enter, on_file)?;
+            push_name(path, at, &name);
+            walk_dir(&sub, path, relative_from, enter, on_file)?;
         }
     }
+    path.truncate(at);
     Ok(())
+}
+
+/// Makes `path` its first `at` bytes (a directory) joined with `name`.
+fn push_name(path: &mut String, at: usize, name: &str) {
+    path.truncate(at);
+    if !path.ends_with('/') {
+        path.push('/');
+    }
+    path.push_str(name);
 }
 
 fn to_io(e: ErrorCode) -> io::Error {

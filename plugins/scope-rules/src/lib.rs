@@ -37,16 +37,15 @@ pub struct Rule {
 impl Rule {
     /// Whether this rule is about `path`.
     pub fn covers(&self, path: &Path) -> bool {
-        if self.recursive {
-            path.starts_with(&self.target)
-        } else {
-            path == self.target || path.parent() == Some(self.target.as_path())
+        match depth_below(path, &self.target) {
+            Some(depth) => self.recursive || depth <= 1,
+            None => false,
         }
     }
 
     /// Whether this rule covers `dir` and everything below it.
     pub fn covers_tree(&self, dir: &Path) -> bool {
-        self.recursive && dir.starts_with(&self.target)
+        self.recursive && is_within(dir, &self.target)
     }
 }
 
@@ -94,8 +93,61 @@ impl Rules {
     /// `dir` itself is readable, or an allow rule starts below it.
     pub fn worth_entering(&self, dir: &Path) -> bool {
         self.access(dir) > Access::None
-            || self.allow.iter().any(|r| r.target.starts_with(dir) && self.access(&r.target) > Access::None)
+            || self.allow.iter().any(|r| is_within(&r.target, dir) && self.access(&r.target) > Access::None)
     }
+}
+
+/// Whether `path` is `dir` or lies below it, component by component, as
+/// [`Path::starts_with`] says.
+pub fn is_within(path: &Path, dir: &Path) -> bool {
+    depth_below(path, dir).is_some()
+}
+
+/// `path` relative to `dir` as text (`""` for `dir` itself), when `path` is
+/// `dir` or lies below it and the rest is UTF-8.
+pub fn relative<'a>(path: &'a Path, dir: &Path) -> Option<&'a str> {
+    match (normal_form(path), normal_form(dir)) {
+        (Some(p), Some(d)) => std::str::from_utf8(rest_below(p, d)?).ok(),
+        _ => path.strip_prefix(dir).ok()?.to_str(),
+    }
+}
+
+/// How far below `dir` the path lies: 0 for `dir` itself, 1 for a direct
+/// child, 2 for anything deeper; `None` when it is not below.
+///
+/// Walks ask this of every entry and every rule, so paths in normal form
+/// (absolute, no empty or `.` components, no trailing slash: what canonical
+/// paths and paths joined from them look like) are compared as bytes. Any
+/// other spelling goes through [`Path::strip_prefix`], which parses
+/// components, so both give the same answer for every spelling.
+fn depth_below(path: &Path, dir: &Path) -> Option<usize> {
+    match (normal_form(path), normal_form(dir)) {
+        (Some(p), Some(d)) => {
+            let rest = rest_below(p, d)?;
+            Some(if rest.is_empty() {
+                0
+            } else if rest.contains(&b'/') {
+                2
+            } else {
+                1
+            })
+        }
+        _ => Some(path.strip_prefix(dir).ok()?.components().take(2).count()),
+    }
+}
+
+/// The bytes of `path` below `dir`, both in normal form.
+fn rest_below<'a>(path: &'a [u8], dir: &[u8]) -> Option<&'a [u8]> {
+    let rest = path.strip_prefix(dir)?;
+    if dir == b"/" || rest.is_empty() { Some(rest) } else { rest.strip_prefix(b"/") }
+}
+
+/// The bytes of `path`, if it is absolute and spelled in normal form.
+fn normal_form(path: &Path) -> Option<&[u8]> {
+    let bytes = path.as_os_str().as_encoded_bytes();
+    let rest = bytes.strip_prefix(b"/")?;
+    let normal = rest.is_empty() || rest.split(|&b| b == b'/').all(|part| !part.is_empty() && part != b".");
+    normal.then_some(bytes)
 }
 
 #[cfg(test)]
@@ -140,5 +192,74 @@ mod tests {
         assert!(rules.worth_entering(Path::new("/p/a/b")));
         assert!(!rules.worth_entering(Path::new("/p/x/y")));
         assert!(!rules.worth_entering(Path::new("/p/secret")));
+    }
+
+    #[test]
+    fn relative_agrees_with_component_comparison_for_every_spelling() {
+        let spellings = [
+            "/",
+            "/p",
+            "/p/",
+            "/p//",
+            "/pp",
+            "/p/a",
+            "/p//a",
+            "/p/./a",
+            "/p/a/",
+            "/p/a/.",
+            "/p/a/b",
+            "/p/ab",
+            "/p/a/b/c",
+            "/p/../p/a",
+            "/p/..",
+            "/./p",
+            "//p/a",
+            "p",
+            "p/a",
+            "",
+            "/é/ü",
+            "/é/üx",
+        ];
+        for path in spellings {
+            for dir in spellings {
+                let (path, dir) = (Path::new(path), Path::new(dir));
+                let expected = path.strip_prefix(dir).ok().and_then(|rest| rest.to_str());
+                assert_eq!(relative(path, dir), expected, "{path:?} relative to {dir:?}");
+                assert_eq!(is_within(path, dir), path.starts_with(dir), "{path:?} within {dir:?}");
+            }
+        }
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_name_that_is_not_utf8_is_judged_like_any_other() {
+        use std::os::unix::ffi::OsStrExt;
+        let odd = Path::new(std::ffi::OsStr::from_bytes(b"/p/secret/\xff"));
+        let rules = Rules {
+            allow: vec![rule("/p", Permission::Write, true)],
+            deny: vec![rule("/p/secret", Permission::Read, true)],
+        };
+        assert!(is_within(odd, Path::new("/p/secret")));
+        assert_eq!(rules.access(odd), Access::None);
+        assert_eq!(rules.access(odd.parent().unwrap()), Access::None);
+        assert_eq!(relative(odd, Path::new("/p")), None);
+    }
+
+    #[test]
+    fn covers_agrees_with_component_comparison_for_every_spelling() {
+        for target in ["/", "/p", "/p/a"] {
+            for recursive in [true, false] {
+                let rule = rule(target, Permission::Read, recursive);
+                for path in ["/", "/p", "/p/", "/p//a", "/p/./a", "/p/a/", "/p/a/b", "/p/a/b/", "/pa", "/q"] {
+                    let path = Path::new(path);
+                    let expected = if recursive {
+                        path.starts_with(target)
+                    } else {
+                        path == Path::new(target) || path.parent() == Some(Path::new(target))
+                    };
+                    assert_eq!(rule.covers(path), expected, "{rule:?} covers {path:?}");
+                }
+            }
+        }
     }
 }
