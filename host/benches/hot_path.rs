@@ -21,7 +21,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use globset::GlobBuilder;
+use globset::{GlobBuilder, GlobSetBuilder};
 use grep_regex::RegexMatcherBuilder;
 use grep_searcher::sinks::Lossy;
 use grep_searcher::{BinaryDetection, SearcherBuilder};
@@ -113,7 +113,8 @@ fn native_read(path: &Path) -> String {
 }
 
 fn native_glob(root: &Path) -> Vec<PathBuf> {
-    let matcher = GlobBuilder::new("**/*.rs").literal_separator(true).build().unwrap().compile_matcher();
+    let glob = GlobBuilder::new("**/*.rs").literal_separator(true).build().unwrap();
+    let matcher = GlobSetBuilder::new().add(glob).build().unwrap();
     let mut found: Vec<(SystemTime, PathBuf)> = Vec::new();
     for entry in ignore::WalkBuilder::new(root).standard_filters(false).build() {
         let entry = entry.unwrap();

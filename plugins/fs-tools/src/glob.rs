@@ -4,7 +4,7 @@
 use std::path::{Component, Path, PathBuf};
 use std::time::SystemTime;
 
-use globset::GlobBuilder;
+use globset::{GlobBuilder, GlobSetBuilder};
 use serde::Deserialize;
 use yoi_plugin_sdk::{ToolError, ToolOutput, parse_input};
 use yoi_scope_rules::Access;
@@ -42,11 +42,17 @@ pub fn run(ctx: &Context, input: &str) -> Result<ToolOutput, ToolError> {
     if !meta.is_dir() {
         return Err(ToolError::InvalidInput(format!("{} is not a directory", root.display())));
     }
-    let matcher = GlobBuilder::new(&pattern)
+    let glob = GlobBuilder::new(&pattern)
         .literal_separator(true)
         .build()
-        .map_err(|e| ToolError::InvalidInput(format!("invalid glob pattern {pattern:?}: {e}")))?
-        .compile_matcher();
+        .map_err(|e| ToolError::InvalidInput(format!("invalid glob pattern {pattern:?}: {e}")))?;
+    // A set, even of one glob, matches by the cheapest test that decides
+    // (`**/*.rs` compares the extension) where a lone matcher runs a regex
+    // over every path.
+    let matcher = GlobSetBuilder::new()
+        .add(glob)
+        .build()
+        .map_err(|e| ToolError::InvalidInput(format!("invalid glob pattern {pattern:?}: {e}")))?;
 
     let rules = &ctx.rules;
     let mut found: Vec<(SystemTime, String)> = Vec::new();
