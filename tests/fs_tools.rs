@@ -285,6 +285,33 @@ async fn glob_lists_newest_first_including_hidden() {
     assert_eq!(bad.kind, ToolErrorKind::InvalidInput);
 }
 
+/// Files of the same time are listed in path order, component by
+/// component (`a/b` before `a-b`), and patterns of every shape select what
+/// they say: extension, literal name, a class, `*` within one directory.
+#[tokio::test]
+async fn glob_orders_ties_by_path_and_matches_every_pattern_shape() {
+    let a = Agent::new().await;
+    let when = std::time::SystemTime::now() - std::time::Duration::from_secs(100);
+    let names = ["proj/t/a/b.rs", "proj/t/a-b.rs", "proj/t/a.rs", "proj/t/B.rs", "proj/t/a/c/d.rs", "proj/t/x.txt"];
+    for name in names {
+        let path = a.sb.file(name, "");
+        std::fs::File::options().write(true).open(&path).unwrap().set_modified(when).unwrap();
+    }
+    let a = &a;
+    let listed = |pattern: &'static str| async move {
+        let out = a.ok("Glob", json!({"pattern": pattern, "path": a.p("proj/t")})).await;
+        let root = format!("{}/", a.p("proj/t"));
+        out.content.unwrap_or_default().lines().map(|l| l.strip_prefix(&root).unwrap().to_string()).collect::<Vec<_>>()
+    };
+    assert_eq!(listed("**/*.rs").await, ["B.rs", "a/b.rs", "a/c/d.rs", "a-b.rs", "a.rs"]);
+    assert_eq!(listed("*.rs").await, ["B.rs", "a-b.rs", "a.rs"]);
+    assert_eq!(listed("**/b.rs").await, ["a/b.rs"]);
+    assert_eq!(listed("a/*").await, ["a/b.rs"]);
+    assert_eq!(listed("[aB].rs").await, ["B.rs", "a.rs"]);
+    assert_eq!(listed("**/*.{txt,md}").await, ["x.txt"]);
+    assert_eq!(listed("a/**").await, ["a/b.rs", "a/c/d.rs"]);
+}
+
 #[tokio::test]
 async fn glob_stops_at_1000_and_says_so() {
     let a = Agent::new().await;
