@@ -214,7 +214,8 @@ fn main() {
     assert_eq!(wasm_lines, native_grep(&root).join("\n"));
     let glob_input = json!({"pattern": "**/*.rs"});
     let wasm_glob = call("Glob", &glob_input).content.unwrap();
-    assert_eq!(wasm_glob.lines().count(), native_glob(&root).len());
+    let native_listing: Vec<String> = native_glob(&root).iter().map(|p| p.display().to_string()).collect();
+    assert_eq!(wasm_glob, native_listing.join("\n"));
     let wasm_read = call("Read", &json!({"file_path": root.join("big.txt")})).content.unwrap();
     assert_eq!(wasm_read, native_read(&root.join("big.txt")));
 

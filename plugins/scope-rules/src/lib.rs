@@ -106,40 +106,46 @@ pub fn is_within(path: &Path, dir: &Path) -> bool {
 /// `path` relative to `dir` as text (`""` for `dir` itself), when `path` is
 /// `dir` or lies below it and the rest is UTF-8.
 pub fn relative<'a>(path: &'a Path, dir: &Path) -> Option<&'a str> {
-    match (normal_form(path), normal_form(dir)) {
-        (Some(p), Some(d)) => std::str::from_utf8(rest_below(p, d)?).ok(),
-        _ => path.strip_prefix(dir).ok()?.to_str(),
+    match rest_below(path, dir)? {
+        Rest::Bytes(rest) => std::str::from_utf8(rest).ok(),
+        Rest::Parsed(rest) => rest.to_str(),
     }
 }
 
 /// How far below `dir` the path lies: 0 for `dir` itself, 1 for a direct
 /// child, 2 for anything deeper; `None` when it is not below.
+fn depth_below(path: &Path, dir: &Path) -> Option<usize> {
+    Some(match rest_below(path, dir)? {
+        Rest::Bytes([]) => 0,
+        Rest::Bytes(rest) => 1 + usize::from(rest.contains(&b'/')),
+        Rest::Parsed(rest) => rest.components().take(2).count(),
+    })
+}
+
+/// What lies below a directory, found one way or the other.
+enum Rest<'a> {
+    /// Found as bytes: normal form, no leading separator.
+    Bytes(&'a [u8]),
+    /// Found by parsing components.
+    Parsed(&'a Path),
+}
+
+/// `path` below `dir`, if it is `dir` or lies below it.
 ///
 /// Walks ask this of every entry and every rule, so paths in normal form
 /// (absolute, no empty or `.` components, no trailing slash: what canonical
 /// paths and paths joined from them look like) are compared as bytes. Any
 /// other spelling goes through [`Path::strip_prefix`], which parses
-/// components, so both give the same answer for every spelling.
-fn depth_below(path: &Path, dir: &Path) -> Option<usize> {
+/// components; both give the same answer for every spelling.
+fn rest_below<'a>(path: &'a Path, dir: &Path) -> Option<Rest<'a>> {
     match (normal_form(path), normal_form(dir)) {
-        (Some(p), Some(d)) => {
-            let rest = rest_below(p, d)?;
-            Some(if rest.is_empty() {
-                0
-            } else if rest.contains(&b'/') {
-                2
-            } else {
-                1
-            })
+        (Some(path), Some(dir)) => {
+            let rest = path.strip_prefix(dir)?;
+            let rest = if dir == b"/" || rest.is_empty() { rest } else { rest.strip_prefix(b"/")? };
+            Some(Rest::Bytes(rest))
         }
-        _ => Some(path.strip_prefix(dir).ok()?.components().take(2).count()),
+        _ => path.strip_prefix(dir).ok().map(Rest::Parsed),
     }
-}
-
-/// The bytes of `path` below `dir`, both in normal form.
-fn rest_below<'a>(path: &'a [u8], dir: &[u8]) -> Option<&'a [u8]> {
-    let rest = path.strip_prefix(dir)?;
-    if dir == b"/" || rest.is_empty() { Some(rest) } else { rest.strip_prefix(b"/") }
 }
 
 /// The bytes of `path`, if it is absolute and spelled in normal form.
