@@ -32,7 +32,9 @@ async fn tokens_are_checked_and_one_tenant_cannot_see_anothers_things() {
 
     // Missing, malformed, wrong and unknown-tenant tokens get one answer.
     let anonymous = Api { token: String::new(), ..acme.clone() };
-    let wrong = Api { token: format!("{}0", &acme.token[..acme.token.len() - 1]), ..acme.clone() };
+    // The real token with its last character changed (to one it does not already have).
+    let (kept, last) = acme.token.split_at(acme.token.len() - 1);
+    let wrong = Api { token: format!("{kept}{}", if last == "0" { "1" } else { "0" }), ..acme.clone() };
     let unknown = Api { token: acme.token.replace("yoi_acme_", "yoi_nobody_"), ..acme.clone() };
     let mut answers = Vec::new();
     for api in [&anonymous, &wrong, &unknown] {
